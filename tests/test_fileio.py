@@ -21,14 +21,12 @@ from lookalike.fileio import (
 SPEC = {
     "dim": 4,
     "fields": [
-        {"name": "id", "type": "varchar", "max_length": 64},
-        {"name": "vec", "type": "float_vector", "dim": 4},
         {"name": "language", "type": "varchar", "max_length": 16},
         {"name": "year", "type": "int64"},
         {"name": "score", "type": "float"},
         {"name": "extra", "type": "json"},
     ],
-    "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP"}},
+    "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 16}, "language": None},
 }
 
 
@@ -54,6 +52,11 @@ def test_export_file_round_trips_float32_vectors_exactly(tmp_path, suffix):
         writer.write(docs[:10])
         writer.write(docs[10:])
     assert read_header(path)["spec"] == SPEC
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        assert pq.read_schema(path).field("vec").type == pa.list_(pa.float32())
     back = _all(path, batch_size=7)
     assert [d["id"] for d in back] == [d["id"] for d in docs]
     for original, read in zip(docs, back, strict=True):

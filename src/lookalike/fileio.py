@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import InvalidInputError
+from .schema import ID_FIELD, VECTOR_FIELD
 
 FORMATS = ("jsonl", "csv", "parquet")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
@@ -25,7 +26,7 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet":
 HEADER_KEY = "$lookalike"
 EXPORT_VERSION = 1
 # Field types whose values are JSON in a CSV cell (and, for "json", in a Parquet string column).
-_JSON_TYPES = {"json", "array", "float_vector", "vector"}
+_JSON_TYPES = {"json", "float_vector"}
 
 
 def detect_format(path: str | Path, format: str | None = None) -> str:
@@ -77,8 +78,8 @@ def read_batches(
 
     Args:
         field_types: field name -> type name (as in a collection spec). CSV cells are strings, so
-            they are converted by type; without a type, a cell of the field ``vec`` is parsed as a
-            JSON array and the others stay strings.
+            they are converted by type; ``vec`` is always parsed as a JSON array, a field without
+            a type stays a string.
         rename: keys to rename in each document (e.g. ``{"body": "text"}``).
     Returns:
         An iterator of batches; an export's header is skipped.
@@ -221,7 +222,7 @@ def _jsonl_rows(path: str | Path, field_types: dict, batch_size: int) -> Iterato
 def _csv_rows(path: str | Path, field_types: dict, batch_size: int) -> Iterator[dict]:
     # A 768-d vector as JSON is ~13 kB, beyond nothing, but 4096-d ones pass csv's 128 kB default.
     csv.field_size_limit(max(csv.field_size_limit(), 64 * 1024 * 1024))
-    field_types.setdefault("vec", "float_vector")
+    field_types[VECTOR_FIELD] = "float_vector"
     with _open(path, "r", newline="") as f:
         reader = csv.DictReader(f)
         for row in reader:
@@ -310,9 +311,11 @@ def _open(path: str | Path, mode: str, **kwargs: Any) -> IO:
 # -- writers -----------------------------------------------------------------------------------
 
 def _spec_types(spec: Mapping[str, Any]) -> dict[str, str]:
-    """Field name -> lower-case type name, from a collection spec's ``fields`` list."""
-    return {f["name"]: str(f.get("type", "")).lower() for f in spec.get("fields", [])
-            if isinstance(f, Mapping) and "name" in f}
+    """Field name -> lower-case type name: ``id`` and ``vec``, then the spec's ``fields``."""
+    types = {ID_FIELD: "varchar", VECTOR_FIELD: "float_vector"}
+    types.update({f["name"]: str(f.get("type", "")).lower() for f in spec.get("fields", [])
+                  if isinstance(f, Mapping) and "name" in f})
+    return types
 
 
 def _arrow_schema(types: Mapping[str, str], docs: list[dict]) -> Any:
@@ -320,10 +323,10 @@ def _arrow_schema(types: Mapping[str, str], docs: list[dict]) -> Any:
     keys typed from the first batch."""
     import pyarrow as pa
 
-    by_type = {"varchar": pa.string(), "string": pa.string(), "json": pa.string(),
+    by_type = {"varchar": pa.string(), "json": pa.string(), "bool": pa.bool_(),
                "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
-               "float": pa.float32(), "double": pa.float64(), "bool": pa.bool_(),
-               "float_vector": pa.list_(pa.float32()), "vector": pa.list_(pa.float32())}
+               "float": pa.float32(), "double": pa.float64(),
+               "float_vector": pa.list_(pa.float32())}
     fields = [pa.field(name, by_type[t]) for name, t in types.items() if t in by_type]
     known = {f.name for f in fields}
     extra = [k for d in docs for k in d if k not in known]
