@@ -1,0 +1,116 @@
+"""The in-house helper's five calls (and their companions) over a process-wide default client.
+
+Code written for the original helper runs with only its import line changed. Each function is a
+thin call on :class:`~lookalike.client.Client`; none has logic of its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pymilvus import FieldSchema
+
+from .client import Client
+from .config import Settings
+
+_default: Client | None = None
+_lock = threading.Lock()
+
+
+def connect(settings: Settings | None = None, **overrides: Any) -> Client:
+    """Open the default client from the environment (``CODOPS``, ``CODOPS_<CODE>_MILVUS_PASSWORD``,
+    ``LOOKALIKE_MILVUS_URI``, ``LOOKALIKE_DATA_DIR``); later calls return the same client unless
+    other settings are given, which replace it."""
+    global _default
+    with _lock:
+        wanted = settings or (Settings.from_env(**overrides) if overrides or _default is None else None)
+        if _default is not None and (wanted is None or wanted == _default.settings):
+            return _default
+        if _default is not None:
+            _default.close()
+        _default = Client(wanted)
+        return _default
+
+
+def disconnect() -> None:
+    """Close the default client (the next call connects again)."""
+    global _default
+    with _lock:
+        if _default is not None:
+            _default.close()
+            _default = None
+
+
+def default_client() -> Client:
+    """The default client, connecting from the environment on first use."""
+    return _default if _default is not None else connect()
+
+
+def create_collection(
+    name: str,
+    fields: Iterable[FieldSchema | Mapping[str, Any]] = (),
+    indexes: Mapping[str, Any] | None = None,
+    dim: int | None = None,
+    *,
+    embedder: Any = None,
+):
+    """Create a collection, or return the existing one with the same schema (see Client.create_collection)."""
+    return default_client().create_collection(name, fields, indexes, dim, embedder=embedder)
+
+
+def index(
+    name: str,
+    documents: Iterable[Mapping[str, Any]],
+    normalize: bool = True,
+    upsert: bool = True,
+    flush: bool = True,
+    progress: bool | None = None,
+) -> int:
+    """Store documents (dicts with ``id``, ``vec`` and metadata); returns how many were written."""
+    return default_client().index(name, documents, normalize=normalize, upsert=upsert, flush=flush, progress=progress)
+
+
+def get_documents(name: str, ids: Sequence[str], output_fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Documents by id, in the order asked; ids not stored are left out."""
+    return default_client().get_documents(name, ids, output_fields)
+
+
+def retrieve_similar(
+    name: str,
+    ids: Sequence[str] | None = None,
+    vectors: Any = None,
+    texts: Sequence[str] | None = None,
+    filter_expr: str | None = None,
+    limit: int = 10,
+    exclude_ids: bool = False,
+    output_fields: Sequence[str] | None = None,
+    search_params: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """``[{'id': ..., 'distance': ...}]``, best first, for the mean of ``ids``, ``vectors`` or ``texts``."""
+    return default_client().retrieve_similar(
+        name, ids=ids, vectors=vectors, texts=texts, filter_expr=filter_expr, limit=limit,
+        exclude_ids=exclude_ids, output_fields=output_fields, search_params=search_params,
+    )
+
+
+def delete_documents(name: str, ids: Sequence[str] | None = None, filter_expr: str | None = None) -> int:
+    """Delete by ids and/or filter; returns how many documents were deleted."""
+    return default_client().delete_documents(name, ids, filter_expr)
+
+
+def drop_collection(name: str) -> bool:
+    return default_client().drop_collection(name)
+
+
+def list_collections() -> list[str]:
+    return default_client().list_collections()
+
+
+def count(name: str, filter_expr: str | None = None) -> int:
+    return default_client().count(name, filter_expr)
+
+
+def describe(name: str) -> dict[str, Any]:
+    return default_client().describe(name)

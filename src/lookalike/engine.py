@@ -1,0 +1,189 @@
+"""The Milvus engine under the facade: open it (embedded Milvus Lite or a server) and translate
+its errors into lookalike's.
+
+This is the only module that knows which engine runs; everything above it asks ``Engine``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from .config import Settings
+from .errors import (
+    AuthenticationError,
+    EngineUnavailableError,
+    InvalidInputError,
+    LookalikeError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+log = logging.getLogger(__name__)
+
+# Milvus Lite keeps its data in a directory that pymilvus opens from a URI ending in ".db".
+LITE_FILE = "milvus.db"
+
+_NUMERIC = {DataType.INT8, DataType.INT16, DataType.INT32, DataType.INT64, DataType.FLOAT, DataType.DOUBLE}
+
+
+def database_name(codops: str) -> str:
+    """The Milvus database that holds one organisation's collections."""
+    return f"org_{codops}"
+
+
+@dataclass
+class Engine:
+    """An open connection to one organisation's database, and what differs between engines."""
+
+    milvus: MilvusClient
+    settings: Settings
+    kind: str  # "lite" or "server"
+    location: str  # a path or a URI, for messages
+
+    @property
+    def read_options(self) -> dict[str, str]:
+        """Options for every search and query.
+
+        A server's "Session" level lets a client read its own writes at once without paying for
+        "Strong" on every read (a Strong read waits for a time tick, ~0.4 s on a 2.3 server);
+        Milvus Lite 3.x has no consistency levels and reads every write.
+        """
+        return {} if self.kind == "lite" else {"consistency_level": "Session"}
+
+    def default_scalar_index(self, dtype: DataType) -> str:
+        """The scalar index ``None`` stands for: Lite knows only INVERTED; a 2.3 server rejects it."""
+        if self.kind == "lite":
+            return "INVERTED"
+        return "STL_SORT" if dtype in _NUMERIC else "Trie"
+
+    @contextlib.contextmanager
+    def errors(self, action: str) -> Iterator[None]:
+        """Run an engine call, raising lookalike errors (never a pymilvus or grpc one)."""
+        try:
+            yield
+        except LookalikeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every engine failure is translated here
+            raise translate(exc, action, self.settings, self.location) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.milvus.close()
+
+
+def open_engine(settings: Settings) -> Engine:
+    """Connect to the organisation's database, creating it on the embedded engine."""
+    if settings.embedded:
+        return _open_lite(settings)
+    return _open_server(settings)
+
+
+def _open_lite(settings: Settings) -> Engine:
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineUnavailableError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+    path = str(data_dir / LITE_FILE)
+    db = database_name(settings.codops)
+    try:
+        root = MilvusClient(path)
+        try:
+            if db not in root.list_databases():
+                root.create_database(db)
+        finally:
+            root.close()
+        milvus = MilvusClient(path, db_name=db)
+    except Exception as exc:  # noqa: BLE001
+        if "Open local milvus failed" in str(exc):
+            raise EngineUnavailableError(
+                f"cannot open the embedded Milvus data directory {data_dir}: another process "
+                "probably holds it (one process at a time may open it). Run one serving process "
+                "(e.g. `lookalike serve`) and send it requests, use another LOOKALIKE_DATA_DIR, "
+                "or point LOOKALIKE_MILVUS_URI at a Milvus server."
+            ) from None
+        raise translate(exc, "open the embedded engine", settings, str(data_dir)) from None
+    return Engine(milvus, settings, "lite", str(data_dir))
+
+
+def _open_server(settings: Settings) -> Engine:
+    db = database_name(settings.codops)
+    try:
+        milvus = MilvusClient(
+            uri=settings.uri,
+            user=settings.codops,
+            password=settings.password.reveal(),
+            db_name=db,
+            timeout=30,
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise translate(exc, "connect", settings, settings.uri) from None
+    return Engine(milvus, settings, "server", settings.uri)
+
+
+def translate(exc: BaseException, action: str, settings: Settings, location: str) -> LookalikeError:
+    """Map a pymilvus/grpc failure to a lookalike error, with no secret in its text."""
+    message = _redact(_engine_message(exc), settings)
+    code = getattr(exc, "code", None)
+    grpc_code = _grpc_status(exc)
+    lowered = message.lower()
+    if grpc_code == "PERMISSION_DENIED" or "permission deny" in lowered or "privilege" in lowered:
+        return PermissionDeniedError(
+            f"organisation {settings.codops!r} is not allowed to {action}: {message}"
+        )
+    if grpc_code == "UNAUTHENTICATED" or ("auth" in lowered and "fail" in lowered):
+        return AuthenticationError(f"authentication failed for organisation {settings.codops!r}")
+    if "illegal connection params or server unavailable" in lowered and settings.password:
+        # A wrong password on a 2.3 server reads like a network failure; say both.
+        return AuthenticationError(
+            f"authentication failed for organisation {settings.codops!r} at {location} "
+            "(or the server is unavailable): check its secret and the server"
+        )
+    if grpc_code in {"UNAVAILABLE", "DEADLINE_EXCEEDED"} or _is_unavailable(exc, lowered):
+        return EngineUnavailableError(f"Milvus at {location} is unavailable ({action}): {message}")
+    if code == 100 or "does not exist" in lowered or "not found" in lowered:
+        return NotFoundError(f"cannot {action}: {message}")
+    if isinstance(exc, MilvusException):
+        return InvalidInputError(f"Milvus refused to {action}: {message}")
+    return LookalikeError(f"cannot {action}: {type(exc).__name__}: {message}")
+
+
+def _engine_message(exc: BaseException) -> str:
+    if isinstance(exc, MilvusException):
+        return str(exc.message)
+    details = getattr(exc, "details", None)
+    if callable(details):
+        with contextlib.suppress(Exception):
+            return str(details())
+    return str(exc)
+
+
+def _grpc_status(exc: BaseException) -> str | None:
+    code = getattr(exc, "code", None)
+    if callable(code):
+        with contextlib.suppress(Exception):
+            return str(code().name)
+    return None
+
+
+def _is_unavailable(exc: BaseException, lowered: str) -> bool:
+    name = type(exc).__name__
+    return name in {"MilvusUnavailableException", "ConnectionNotExistException"} or any(
+        marker in lowered for marker in ("connection refused", "server unavailable", "failed to connect")
+    )
+
+
+def _redact(text: str, settings: Settings) -> str:
+    secret = settings.password.reveal()
+    if secret:
+        text = text.replace(secret, "********")
+    # user:password@ inside a URI
+    return re.sub(r"(//[^/:@\s]+:)[^@\s]+@", r"\1********@", text)
+

@@ -1,0 +1,173 @@
+"""Similar items out: resolve the query (ids, vectors or texts) to one vector, search, shape results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .documents import as_vector, check_ids, id_filter
+from .errors import InvalidInputError, NotFoundError
+from .schema import ID_FIELD, VECTOR_FIELD, CollectionSpec
+
+if TYPE_CHECKING:
+    from .collection import Collection
+
+MAX_LIMIT = 16384  # Milvus's top-k ceiling
+
+
+def check_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInputError(f"limit must be an integer in [1, {MAX_LIMIT}], not {limit!r}")
+    return limit
+
+
+def check_output_fields(spec: CollectionSpec, output_fields: Any) -> list[str]:
+    """Validate requested fields; ``id`` is always returned and need not be named."""
+    if output_fields is None:
+        return []
+    if isinstance(output_fields, str) or not isinstance(output_fields, Sequence):
+        raise InvalidInputError("output_fields must be a list of field names")
+    known = spec.field_names
+    for name in output_fields:
+        if name not in known:
+            raise InvalidInputError(f"output_fields: unknown field {name!r} (the collection has {', '.join(known)})")
+    return [name for name in output_fields if name != ID_FIELD]
+
+
+def mean_vector(vectors: np.ndarray, spec: CollectionSpec) -> np.ndarray:
+    """The mean of several query vectors; re-normalised for IP/COSINE (for L2 the mean is kept
+    as it is, since normalising would move it off the stored vectors' scale)."""
+    mean = vectors.mean(axis=0) if vectors.shape[0] > 1 else vectors[0]
+    if spec.metric == "L2":
+        return mean.astype(np.float32)
+    norm = float(np.linalg.norm(mean))
+    if norm == 0.0:
+        raise InvalidInputError("the query vectors cancel out: their mean is the zero vector")
+    return (mean / norm).astype(np.float32)
+
+
+def as_query_vectors(vectors: Any, spec: CollectionSpec, parameter: str = "vectors") -> np.ndarray:
+    """One vector or a list of vectors → a checked (n, dim) float32 matrix."""
+    try:
+        matrix = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{parameter} must be a vector or a list of vectors of numbers") from None
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise InvalidInputError(f"{parameter} must be a vector or a non-empty list of vectors")
+    return np.stack(
+        [as_vector(row, spec.dim, f"{parameter}[{i}]", normalize=False) for i, row in enumerate(matrix)]
+    )
+
+
+def combine_filters(*expressions: str | None) -> str:
+    parts = [e for e in expressions if e]
+    if len(parts) <= 1:
+        return parts[0] if parts else ""
+    return " and ".join(f"({e})" for e in parts)
+
+
+def search_params_for(spec: CollectionSpec, search_params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Accept ``{'ef': 128}`` or pymilvus's ``{'params': {...}}``; the metric is the collection's."""
+    if search_params is None:
+        return {"metric_type": spec.metric, "params": {}}
+    if not isinstance(search_params, Mapping):
+        raise InvalidInputError("search_params must be a dict such as {'ef': 128}")
+    params = dict(search_params.get("params") or {})
+    params.update({k: v for k, v in search_params.items() if k not in ("params", "metric_type")})
+    return {"metric_type": spec.metric, "params": params}
+
+
+class SimilarQuery:
+    """Resolves the query of ``retrieve_similar`` and runs it on one collection."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        self.spec = collection.spec
+
+    def __call__(
+        self,
+        ids: Sequence[str] | None = None,
+        vectors: Any = None,
+        texts: Sequence[str] | None = None,
+        filter_expr: str | None = None,
+        limit: int = 10,
+        exclude_ids: bool = False,
+        output_fields: Sequence[str] | None = None,
+        search_params: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        given = [name for name, value in (("ids", ids), ("vectors", vectors), ("texts", texts)) if value is not None]
+        if len(given) != 1:
+            raise InvalidInputError(
+                "retrieve_similar needs exactly one of ids, vectors or texts"
+                + (f" (got {' and '.join(given)})" if given else "")
+            )
+        limit = check_limit(limit)
+        fields = check_output_fields(self.spec, output_fields)
+        query_ids: list[str] = []
+        if ids is not None:
+            query_ids = check_ids(ids)
+            if not query_ids:
+                raise InvalidInputError("ids is empty")
+            matrix = self.stored_vectors(query_ids)
+        elif texts is not None:
+            matrix = self.collection.embed_query(texts)
+        else:
+            matrix = as_query_vectors(vectors, self.spec)
+        query = mean_vector(matrix, self.spec)
+        expr = combine_filters(filter_expr, id_filter(query_ids, negate=True) if exclude_ids and query_ids else None)
+        return self.search([query], expr, limit, fields, search_params, filter_expr)[0]
+
+    def stored_vectors(self, ids: list[str]) -> np.ndarray:
+        """The vectors of ``ids``, in their order; NotFoundError names the ones not stored."""
+        found = {doc[ID_FIELD]: doc[VECTOR_FIELD] for doc in self.collection.get(ids, [VECTOR_FIELD])}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            shown = ", ".join(repr(i) for i in missing[:10])
+            raise NotFoundError(
+                f"{len(missing)} of the query ids are not stored in {self.collection.name!r}: {shown}"
+                + (" ..." if len(missing) > 10 else "")
+            )
+        return np.asarray([found[i] for i in ids], dtype=np.float32)
+
+    def search(
+        self,
+        queries: list[np.ndarray],
+        expr: str,
+        limit: int,
+        fields: list[str],
+        search_params: Mapping[str, Any] | None,
+        filter_expr: str | None,
+    ) -> list[list[dict[str, Any]]]:
+        """One engine call for all ``queries`` (nq > 1 is much faster than one call each)."""
+        params = search_params_for(self.spec, search_params)
+        engine = self.collection.engine
+        try:
+            with engine.errors(f"search {self.collection.name!r}"):
+                hits = engine.milvus.search(
+                    self.collection.name,
+                    data=queries,
+                    filter=expr,
+                    limit=limit,
+                    output_fields=fields,
+                    search_params=params,
+                    anns_field=VECTOR_FIELD,
+                    **self.collection.read_options,
+                )
+        except InvalidInputError as exc:
+            if filter_expr:
+                raise InvalidInputError(f"filter_expr {filter_expr!r} was rejected: {exc}") from None
+            raise
+        return [[_result(hit, fields) for hit in per_query] for per_query in hits]
+
+
+def _result(hit: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
+    entity = hit.get("entity") or {}
+    out = {"id": hit.get("id", entity.get(ID_FIELD)), "distance": float(hit["distance"])}
+    for name in fields:
+        value = entity.get(name)
+        out[name] = [float(x) for x in value] if name == VECTOR_FIELD and value is not None else value
+    return out
