@@ -1,0 +1,550 @@
+"""The ``lookalike`` command: the library's calls, one command each, for scripts and people.
+
+Every command prints a readable table, or JSON with ``--json``. A user error (any
+:class:`~lookalike.errors.LookalikeError`) ends the command with one line on stderr and a
+non-zero exit code that says what kind of error it was; nothing prints a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperGroup
+
+from . import fileio
+from .errors import (
+    AuthenticationError,
+    ConflictError,
+    EngineUnavailableError,
+    LookalikeError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+
+# Exit codes scripts can test; 2 is click's for a usage error.
+EXIT_CODES: list[tuple[type[LookalikeError], int]] = [
+    (NotFoundError, 3),
+    (ConflictError, 4),
+    (EngineUnavailableError, 5),
+    (AuthenticationError, 6),
+    (PermissionDeniedError, 6),
+    (LookalikeError, 1),
+]
+
+out = Console(soft_wrap=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``Error: <message>`` as one line on stderr; the caller raises the returned Exit."""
+    typer.echo(f"Error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(code)
+
+
+class _Group(TyperGroup):
+    """Turns library errors into one line on stderr and an exit code, never a traceback."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LookalikeError as error:
+            raise _fail(str(error), next(c for cls, c in EXIT_CODES if isinstance(error, cls))
+                        ) from None
+        except OSError as error:  # a file the user named cannot be written or read
+            raise _fail(str(error)) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Store embeddings with metadata and find similar items, on Milvus.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+collections_app = typer.Typer(help="Create, list, describe and drop collections.",
+                              no_args_is_help=True)
+app.add_typer(collections_app, name="collections")
+
+
+class _Session:
+    """The organisation's Client, opened on first use (``--help`` and usage errors need none)."""
+
+    def __init__(self, codops: str | None, uri: str | None, data_dir: Path | None) -> None:
+        self.overrides = {"codops": codops, "uri": uri, "data_dir": data_dir}
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from .client import Client
+            from .config import Settings
+
+            self._client = Client(Settings.from_env(**self.overrides))
+        return self._client
+
+    def settings(self) -> Any:
+        from .config import Settings
+
+        return Settings.from_env(**self.overrides)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    codops: Annotated[str | None, typer.Option(
+        help="Organisation code (default: $CODOPS, else 'default').", show_default=False)] = None,
+    uri: Annotated[str | None, typer.Option(
+        help="Milvus server URI; empty for the embedded engine (default: $LOOKALIKE_MILVUS_URI).",
+        show_default=False)] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Embedded engine's data directory (default: $LOOKALIKE_DATA_DIR, else "
+             "~/.local/share/lookalike).", show_default=False)] = None,
+) -> None:
+    """Store embeddings with metadata and find similar items, on Milvus.
+
+    The organisation, its Milvus password (CODOPS_<CODE>_MILVUS_PASSWORD) and where Milvus lives
+    come from the environment; the options override it.
+    """
+    # pymilvus logs failed calls with their traceback; the error reaches the user as one line.
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    session = _Session(codops, uri, data_dir)
+    ctx.obj = session
+    ctx.call_on_close(session.close)
+
+
+def _client(ctx: typer.Context) -> Any:
+    return ctx.ensure_object(_Session).client
+
+
+# -- shared options ------------------------------------------------------------------------------
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+NameArg = Annotated[str, typer.Argument(help="Collection name.", show_default=False)]
+FieldsOption = Annotated[str | None, typer.Option(
+    "--fields", help="Comma-separated fields to return (default: all for get, none for similar).",
+    show_default=False)]
+FormatOption = Annotated[str | None, typer.Option(
+    "--format", help="jsonl, csv or parquet (default: from the file extension).",
+    show_default=False)]
+
+
+def _split(fields: str | None) -> list[str] | None:
+    return None if fields is None else [f.strip() for f in fields.split(",") if f.strip()]
+
+
+# -- collections ---------------------------------------------------------------------------------
+
+@collections_app.command("create")
+def create_collection(
+    ctx: typer.Context,
+    name: NameArg,
+    dim: Annotated[int | None, typer.Option(help="Vector dimension (default: 768, or the "
+                                                 "embedder's).", show_default=False)] = None,
+    field: Annotated[list[str] | None, typer.Option(
+        "--field", help="NAME:TYPE[:MAX_LENGTH], repeatable; TYPE is bool, int8..int64, float, "
+                        "double, varchar (needs MAX_LENGTH) or json.", show_default=False)] = None,
+    index: Annotated[list[str] | None, typer.Option(
+        "--index", help="vec:INDEX_TYPE[:METRIC] (e.g. vec:HNSW:IP) or FIELD:SCALAR_INDEX_TYPE, "
+                        "repeatable.", show_default=False)] = None,
+    index_param: Annotated[list[str] | None, typer.Option(
+        "--index-param", help="KEY=VALUE build parameter of the vec index (e.g. M=32), "
+                              "repeatable.", show_default=False)] = None,
+    scalar_index: Annotated[list[str] | None, typer.Option(
+        "--scalar-index", help="FIELD to index with the engine's default scalar index, "
+                               "repeatable.", show_default=False)] = None,
+    embedder: Annotated[str | None, typer.Option(
+        help="Bind a text embedding model (e.g. 'default'), so documents may carry text.",
+        show_default=False)] = None,
+    schema: Annotated[Path | None, typer.Option(
+        help="JSON file with the whole schema (the shape `collections describe --json` prints); "
+             "replaces the options above.", show_default=False)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a collection (idempotent: the same schema again is fine)."""
+    if schema is not None:
+        options = fileio.creation_options(_load_json(schema))
+    else:
+        options = {"fields": [_parse_field(f) for f in field or []],
+                   "indexes": _parse_indexes(index or [], index_param or [], scalar_index or []),
+                   "dim": dim, "embedder": embedder}
+    client = _client(ctx)
+    existed = name in client.list_collections()
+    collection = client.create_collection(name, **options)
+    description = collection.describe()
+    if as_json:
+        _print_json(description)
+        return
+    verb = "exists with this schema" if existed else "created"
+    out.print(f"Collection {name!r} {verb}.")
+    _print_description(description)
+
+
+@collections_app.command("list")
+def list_collections(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List the organisation's collections."""
+    names = _client(ctx).list_collections()
+    if as_json:
+        _print_json(names)
+    elif names:
+        out.print("\n".join(names), highlight=False)
+    else:
+        out.print("No collections.", style="dim")
+
+
+@collections_app.command("describe")
+def describe(ctx: typer.Context, name: NameArg, as_json: JsonFlag = False) -> None:
+    """Show a collection's schema, indexes and document count."""
+    description = _client(ctx).describe(name)
+    if as_json:
+        _print_json(description)
+    else:
+        _print_description(description)
+
+
+@collections_app.command("drop")
+def drop_collection(
+    ctx: typer.Context,
+    name: NameArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Drop a collection and all its documents (asks first unless --yes)."""
+    if not yes:
+        typer.confirm(f"Drop collection {name!r} and all its documents?", abort=True, err=True)
+    dropped = _client(ctx).drop_collection(name)
+    if as_json:
+        _print_json({"dropped": dropped})
+    else:
+        out.print(f"Dropped {name!r}." if dropped else f"No collection {name!r}; nothing dropped.")
+
+
+# -- documents -----------------------------------------------------------------------------------
+
+@app.command("index")
+def index(
+    ctx: typer.Context,
+    name: NameArg,
+    file: Annotated[Path, typer.Argument(help="JSON Lines, CSV or Parquet file of documents.",
+                                         show_default=False)],
+    format: FormatOption = None,
+    normalize: Annotated[bool, typer.Option(help="L2-normalise vectors (for IP/COSINE).")] = True,
+    upsert: Annotated[bool, typer.Option(
+        help="Replace documents with the same id; --no-upsert refuses stored ids.")] = True,
+    text_field: Annotated[str | None, typer.Option(
+        help="Column holding the text to embed when a document has no vec (needs an embedder).",
+        show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Documents read from the file at a time.")] = 1000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Index documents from a file, streaming it (upsert by id)."""
+    collection = _client(ctx).collection(name)
+    types = {f.name: f.type for f in collection.spec.fields}
+    rename = {text_field: "text"} if text_field and text_field != "text" else None
+    batches = fileio.read_batches(file, format, batch_size=batch_size, field_types=types,
+                                  rename=rename)
+    with _Progress(f"indexing {file.name}", fileio.count_rows(file, format)) as advance:
+        written = collection.index(_counted(batches, advance), normalize=normalize,
+                                   upsert=upsert, progress=False)
+    if as_json:
+        _print_json({"indexed": written})
+    else:
+        out.print(f"Indexed {written} documents into {name!r}.")
+
+
+@app.command("get")
+def get(
+    ctx: typer.Context,
+    name: NameArg,
+    ids: Annotated[list[str], typer.Argument(help="Document ids.", show_default=False)],
+    fields: FieldsOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print documents by id, in the order given (ids not stored are left out)."""
+    _print_documents(_client(ctx).get_documents(name, ids, _split(fields)), as_json)
+
+
+@app.command("similar")
+def similar(
+    ctx: typer.Context,
+    name: NameArg,
+    id: Annotated[list[str] | None, typer.Option(
+        "--id", help="A stored id to start from, repeatable (several: their mean).",
+        show_default=False)] = None,
+    vector_file: Annotated[Path | None, typer.Option(
+        help="JSON, JSON Lines or .npy file with the query vector(s).",
+        show_default=False)] = None,
+    text: Annotated[list[str] | None, typer.Option(
+        "--text", help="A query text, repeatable (needs an embedder).", show_default=False)] = None,
+    filter: Annotated[str | None, typer.Option(
+        help="Milvus boolean expression, e.g. \"language == 'fr'\".", show_default=False)] = None,
+    limit: Annotated[int, typer.Option(help="How many results.")] = 10,
+    exclude_ids: Annotated[bool, typer.Option(help="Leave the query ids out of the results.")
+                           ] = False,
+    fields: FieldsOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the documents most similar to ids, vectors or texts, best first."""
+    vectors = fileio.read_vectors(vector_file) if vector_file is not None else None
+    hits = _client(ctx).retrieve_similar(
+        name, ids=id or None, vectors=vectors, texts=text or None, filter_expr=filter,
+        limit=limit, exclude_ids=exclude_ids, output_fields=_split(fields))
+    _print_documents(hits, as_json)
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    name: NameArg,
+    id: Annotated[list[str] | None, typer.Option(
+        "--id", help="An id to delete, repeatable.", show_default=False)] = None,
+    filter: Annotated[str | None, typer.Option(
+        help="Delete the documents matching this expression.", show_default=False)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete documents by id and/or filter."""
+    deleted = _client(ctx).delete_documents(name, ids=id or None, filter_expr=filter)
+    if as_json:
+        _print_json({"deleted": deleted})
+    else:
+        out.print(f"Deleted {deleted} documents from {name!r}.")
+
+
+@app.command("count")
+def count(
+    ctx: typer.Context,
+    name: NameArg,
+    filter: Annotated[str | None, typer.Option(
+        help="Count only documents matching this expression.", show_default=False)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print how many documents a collection holds."""
+    number = _client(ctx).count(name, filter)
+    if as_json:
+        _print_json({"count": number})
+    else:
+        out.print(number)
+
+
+# -- export and import ---------------------------------------------------------------------------
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    name: NameArg,
+    file: Annotated[Path, typer.Argument(help="Output .jsonl or .parquet file.",
+                                         show_default=False)],
+    format: Annotated[str | None, typer.Option(
+        "--format", help="jsonl or parquet (default: from the file extension).",
+        show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Documents read from Milvus at a time.")] = 1000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write every document (vectors included) and the collection's schema to one file."""
+    collection = _client(ctx).collection(name)
+    total = collection.count()
+    header = {"collection": name, "spec": collection.spec.to_json(), "count": total}
+    with fileio.open_writer(file, header, format) as writer, \
+            _Progress(f"exporting {name}", total) as advance:
+        for batch in _chunked(collection.iterate(batch_size=batch_size), batch_size):
+            writer.write(batch)
+            advance(len(batch))
+    if as_json:
+        _print_json({"exported": writer.rows, "file": str(file)})
+    else:
+        out.print(f"Exported {writer.rows} documents of {name!r} to {file}.")
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    name: NameArg,
+    file: Annotated[Path, typer.Argument(help="A file written by `lookalike export`.",
+                                         show_default=False)],
+    format: FormatOption = None,
+    batch_size: Annotated[int, typer.Option(help="Documents read from the file at a time.")] = 1000,
+    as_json: JsonFlag = False,
+) -> None:
+    """Recreate a collection from an export: its schema and indexes, then its documents."""
+    header = fileio.read_header(file, format)
+    if header is None:
+        raise _fail(f"{file} has no lookalike export header: create the collection and use "
+                    "`lookalike index` for a plain file")
+    collection = _client(ctx).create_collection(name, **fileio.creation_options(header["spec"]))
+    batches = fileio.read_batches(file, format, batch_size=batch_size)
+    with _Progress(f"importing {file.name}", header.get("count")) as advance:
+        # Stored vectors are imported as they are: normalising again could change their bits.
+        written = collection.index(_counted(batches, advance), normalize=False, upsert=True,
+                                   progress=False)
+    if as_json:
+        _print_json({"imported": written, "collection": name})
+    else:
+        out.print(f"Imported {written} documents into {name!r}.")
+
+
+# -- service -------------------------------------------------------------------------------------
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the HTTP service (see docs/http.md); it owns the embedded data directory."""
+    import uvicorn
+
+    from .service import create_app
+
+    uvicorn.run(create_app(settings=ctx.ensure_object(_Session).settings()), host=host, port=port)
+
+
+def main() -> None:
+    """Entry point of the ``lookalike`` command."""
+    app()
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def _parse_field(text: str) -> dict[str, Any]:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise typer.BadParameter(f"{text!r}: expected NAME:TYPE or NAME:varchar:MAX_LENGTH",
+                                 param_hint="--field")
+    field: dict[str, Any] = {"name": parts[0], "type": parts[1].lower()}
+    if len(parts) == 3:
+        field["max_length"] = _integer(parts[2], "--field")
+    return field
+
+
+def _parse_indexes(specs: list[str], params: list[str], scalar: list[str]) -> dict[str, Any]:
+    indexes: dict[str, Any] = {name: None for name in scalar}
+    for text in specs:
+        parts = text.split(":")
+        if len(parts) < 2 or not all(parts) or (parts[0] != "vec" and len(parts) != 2):
+            raise typer.BadParameter(
+                f"{text!r}: expected vec:INDEX_TYPE[:METRIC] or FIELD:INDEX_TYPE",
+                param_hint="--index")
+        if parts[0] == "vec":
+            indexes["vec"] = {"index_type": parts[1], **({"metric_type": parts[2]}
+                                                          if len(parts) > 2 else {})}
+        else:
+            indexes[parts[0]] = {"index_type": parts[1]}
+    for text in params:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint="--index-param")
+        indexes.setdefault("vec", {})[key] = _integer(value, "--index-param")
+    return indexes
+
+
+def _integer(text: str, option: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an integer", param_hint=option) from None
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise _fail(f"{path} is not valid JSON: {error}") from None
+
+
+def _chunked(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    chunk: list[dict] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _counted(batches: Iterable[list[dict]], advance: Any) -> Iterator[dict]:
+    """The documents of ``batches``, one at a time, moving the progress bar per batch."""
+    for batch in batches:
+        yield from batch
+        advance(len(batch))
+
+
+class _Progress:
+    """A progress bar on stderr when it is a terminal; a no-op counter otherwise."""
+
+    def __init__(self, description: str, total: int | None) -> None:
+        console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=True,
+                            disable=not console.is_terminal)
+        self.task = self.bar.add_task(description, total=total)
+
+    def __enter__(self) -> Any:
+        self.bar.start()
+        return lambda n: self.bar.advance(self.task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=lambda v: v.tolist()))
+
+
+def _print_documents(documents: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        _print_json(documents)
+        return
+    if not documents:
+        out.print("No documents.", style="dim")
+        return
+    columns = list(dict.fromkeys(key for doc in documents for key in doc))
+    table = Table(*columns)
+    for doc in documents:
+        table.add_row(*(_cell(doc.get(column)) for column in columns))
+    out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list) and value and all(isinstance(x, float) for x in value):
+        head = ", ".join(f"{x:.3f}" for x in value[:3])
+        return f"[{head}{', …' if len(value) > 3 else ''}] ({len(value)})"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return "" if value is None else str(value)
+
+
+def _print_description(description: dict[str, Any]) -> None:
+    vec = description["indexes"].get("vec", {})
+    params = ", ".join(f"{k}={v}" for k, v in vec.items() if k not in ("index_type", "metric_type"))
+    out.print(f"[bold]{description['name']}[/bold]: {description['count']} documents, "
+              f"dim {description['dim']}, {vec.get('index_type')}/{description['metric']}"
+              + (f" ({params})" if params else "")
+              + (f", embedder {description['embedder']['name']}" if description.get("embedder")
+                 else ""))
+    table = Table("field", "type", "index")
+    table.add_row("id", "varchar(512)", "primary key")
+    table.add_row("vec", f"float_vector({description['dim']})", str(vec.get("index_type")))
+    for field in description["fields"]:
+        kind = field["type"] + (f"({field['max_length']})" if "max_length" in field else "")
+        indexed = description["indexes"].get(field["name"], "")
+        label = "default" if field["name"] in description["indexes"] and indexed is None else (
+            indexed.get("index_type", "") if isinstance(indexed, dict) else "")
+        table.add_row(field["name"], kind, label)
+    out.print(table)
+
+
+if __name__ == "__main__":
+    main()
