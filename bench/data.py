@@ -1,0 +1,102 @@
+"""Benchmark data: clustered synthetic unit vectors, query sets and exact ground truth.
+
+Uniform random vectors make every ANN index look broken, so the generator draws points around
+cluster centres with low-rank noise (intrinsic dimension ~64), like text embeddings.
+Everything is seeded and cached as .npy under bench/.cache/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+LANGUAGES = ("en", "de", "es", "it")  # "fr" is drawn separately at FR_SHARE
+FR_SHARE = 0.2
+K = 10
+FILTER_EXPR = 'language == "fr"'
+
+
+@dataclass
+class Dataset:
+    """Vectors with ids and a language field, queries, and exact top-K answers."""
+
+    name: str
+    vectors: np.ndarray  # (n, dim) float32, unit norm
+    languages: np.ndarray  # (n,) str
+    queries: np.ndarray  # (nq, dim) float32, unit norm
+    truth: np.ndarray  # (nq, K) row numbers, exact inner-product top-K
+    truth_fr: np.ndarray  # (nq, K) row numbers among rows with language "fr"
+    groups: np.ndarray  # (ng, 5) row numbers whose mean vector is a retrieve_similar query
+    truth_groups: np.ndarray  # (ng, K) exact top-K for the normalised group means
+
+    @property
+    def ids(self) -> list[str]:
+        """String primary keys, as lookalike's users write them."""
+        return [f"doc-{i}" for i in range(len(self.vectors))]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def synthetic(n: int, dim: int = 768, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Return (vectors, cluster labels): n unit vectors around n/100 centres."""
+    rng = np.random.default_rng(seed)
+    n_clusters = max(8, n // 100)
+    rank = 64
+    centres = rng.standard_normal((n_clusters, dim), dtype=np.float32)
+    basis = rng.standard_normal((rank, dim), dtype=np.float32) / np.sqrt(rank)
+    labels = rng.integers(0, n_clusters, size=n)
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 50_000):  # chunks keep peak memory low at 1M
+        stop = min(n, start + 50_000)
+        low = rng.standard_normal((stop - start, rank), dtype=np.float32) @ basis
+        iso = rng.standard_normal((stop - start, dim), dtype=np.float32) * 0.35
+        out[start:stop] = _unit(centres[labels[start:stop]] + 1.2 * low + iso)
+    return out, labels
+
+
+def exact_topk(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
+    """Exact inner-product top-k row numbers, best first."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), 256):
+        scores = queries[start:start + 256] @ base.T
+        part = np.argpartition(-scores, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        out[start:start + 256] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def load(n: int, n_queries: int = 1000, dim: int = 768, seed: int = 7) -> Dataset:
+    """Build (or read from the cache) the synthetic dataset of n vectors."""
+    key = hashlib.sha1(json.dumps([n, n_queries, dim, seed, 2]).encode()).hexdigest()[:10]
+    path = CACHE_DIR / f"synthetic-{n}-{key}.npz"
+    name = f"synthetic-{n // 1000}k"
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        return Dataset(name, *(z[f] for f in Dataset.__dataclass_fields__ if f != "name"))
+    # Queries are fresh points from the same clusters: generate n + n_queries, split.
+    allv, _ = synthetic(n + n_queries, dim, seed)
+    vectors, queries = allv[:n], allv[n:]
+    rng = np.random.default_rng(seed + 1)
+    languages = np.where(rng.random(n) < FR_SHARE, "fr", rng.choice(LANGUAGES, size=n))
+    fr_rows = np.flatnonzero(languages == "fr")
+    truth = exact_topk(vectors, queries)
+    truth_fr = fr_rows[exact_topk(vectors[fr_rows], queries)]
+    groups = rng.integers(0, n, size=(min(200, n_queries), 5))
+    truth_groups = exact_topk(vectors, _unit(vectors[groups].mean(axis=1)))
+    ds = Dataset(name, vectors, languages, queries, truth, truth_fr, groups, truth_groups)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{f: getattr(ds, f) for f in Dataset.__dataclass_fields__ if f != "name"})
+    return ds
+
+
+def recall(found: list[list[int]], truth: np.ndarray, k: int = K) -> float:
+    """Mean recall@k of found row numbers against exact answers."""
+    hits = sum(len(set(f[:k]) & set(t[:k].tolist())) for f, t in zip(found, truth, strict=True))
+    return hits / (k * len(truth))

@@ -1,0 +1,432 @@
+"""Faster search for embedded Milvus Lite 3.2.2, same results.
+
+Milvus Lite 3.2.2 is pure Python. On every search, ``execute_search_with_index`` walks every row
+of every segment twice in Python to decide which rows are live (the newest version of their
+primary key, not deleted): at 100k rows that is ~85% of a search, 50-75 ms, while the FAISS
+search itself takes ~1 ms. It then turns each hit's whole row, vector included, into Python
+objects even when the caller asked for ids only.
+
+This module replaces that function with one that computes the same live-row masks from what
+changes between searches only: sealed segments are immutable, so the cross-segment "newest
+version" mask is computed once per set of segments and cached; the memtable rows and the
+tombstones (usually few) are then applied key by key through each segment's ``pk_to_row``.
+Hits are materialised with only the columns the projection can use. Everything else (filters,
+per-segment FAISS search, tie-breaking, padding, projection) is the engine's own logic, kept in
+the same order, so results are identical; ``tests/test_lite_speedups.py`` checks that against
+the unpatched engine and a numpy oracle.
+
+The patch is applied only to the Milvus Lite versions it was written and tested against, and
+could be offered upstream as a change to ``milvus_lite/search/executor_indexed.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Milvus Lite versions whose search internals this module was checked against.
+TESTED_VERSIONS = frozenset({"3.2.2"})
+
+_applied = False
+_apply_lock = threading.Lock()
+
+
+def apply() -> bool:
+    """Install the faster search path into Milvus Lite if its version is a tested one.
+
+    Idempotent and thread-safe; call it before the first search (opening the embedded engine is
+    the natural place). Returns True when the patch is (already) active, False when Milvus Lite
+    is missing or of another version, in which case nothing is changed.
+    """
+    global _applied
+    with _apply_lock:
+        if _applied:
+            return True
+        try:
+            import milvus_lite
+            from milvus_lite.engine import collection as engine_collection
+            from milvus_lite.search import executor_indexed
+        except ImportError:
+            logger.debug("milvus_lite not importable: search speedups not applied")
+            return False
+        version = getattr(milvus_lite, "__version__", "")
+        if version not in TESTED_VERSIONS:
+            logger.debug("milvus_lite %s is not a tested version: speedups not applied", version)
+            return False
+        original = executor_indexed.execute_search_with_index
+        fast = _make_fast_search(original)
+        executor_indexed.execute_search_with_index = fast
+        engine_collection.execute_search_with_index = fast
+        patched = ["search.executor_indexed.execute_search_with_index"]
+        try:
+            from milvus_lite.index.faiss_hnsw import FaissHnswIndex
+        except ImportError:  # faiss missing: the engine falls back to brute force anyway
+            FaissHnswIndex = None
+        if FaissHnswIndex is not None:
+            FaissHnswIndex.search = _make_hnsw_search(FaissHnswIndex.search)
+            patched.append("index.faiss_hnsw.FaissHnswIndex.search")
+        _applied = True
+        logger.debug("milvus_lite %s: patched %s", version, ", ".join(patched))
+        return True
+
+
+def is_applied() -> bool:
+    """Whether ``apply()`` has patched Milvus Lite in this process."""
+    return _applied
+
+
+# ── live-row masks ──────────────────────────────────────────────────────────
+
+
+class _SegmentSetMasks:
+    """Per-segment "newest version among these segments" masks, for one immutable segment set.
+
+    ``None`` as a mask means every row of that segment wins. ``pk_lists`` keeps the segments'
+    pk lists alive so that an ``id()``-based cache key can never be reused by a new segment.
+    """
+
+    __slots__ = ("pk_lists", "masks")
+
+    def __init__(self, segments: list[Any]) -> None:
+        self.pk_lists = [seg.pks for seg in segments]
+        self.masks: list[np.ndarray | None] = [None] * len(segments)
+        # Keys present in more than one segment: set operations run in C, O(total rows).
+        seen: set[Any] = set()
+        shared: set[Any] = set()
+        for seg in segments:
+            keys = seg.pk_to_row.keys()
+            shared |= keys & seen
+            seen |= keys
+        for pk in shared:
+            holders = [
+                (int(seg.seqs[row]), i, row)
+                for i, seg in enumerate(segments)
+                if (row := seg.pk_to_row.get(pk)) is not None
+            ]
+            best = max(seq for seq, _, _ in holders)
+            for seq, i, row in holders:
+                if seq != best:
+                    if self.masks[i] is None:
+                        self.masks[i] = np.ones(segments[i].num_rows, dtype=bool)
+                    self.masks[i][row] = False
+
+    def matches(self, segments: list[Any]) -> bool:
+        return len(segments) == len(self.pk_lists) and all(
+            seg.pks is pks for seg, pks in zip(segments, self.pk_lists, strict=True)
+        )
+
+
+_CACHE_SIZE = 32  # distinct segment sets kept (a few per collection); holds pk lists only
+_cache: OrderedDict[tuple[int, ...], _SegmentSetMasks] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _segment_set_masks(segments: list[Any]) -> _SegmentSetMasks:
+    key = tuple(id(seg) for seg in segments)
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None and hit.matches(segments):
+            _cache.move_to_end(key)
+            return hit
+    built = _SegmentSetMasks(segments)
+    with _cache_lock:
+        _cache[key] = built
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return built
+
+
+def _live_masks(
+    segments: list[Any],
+    mt_pks: list[Any],
+    mt_seqs: np.ndarray,
+    delta_map: dict[Any, int],
+    mt_deletes: dict[Any, tuple[int, Any]],
+) -> tuple[list[np.ndarray], np.ndarray] | None:
+    """Rows that are the newest version of their pk and not deleted, per segment and memtable.
+
+    Same rule as the engine: a row is live iff its seq is the largest seq of its pk over the
+    in-scope segments and memtable rows, and no tombstone (flushed or memtable-local) for its pk
+    has a strictly larger seq. Returns None when a segment holds a pk twice (never produced by
+    the engine's flush or compaction), so that the caller uses the engine's own loop.
+    """
+    if any(len(seg.pk_to_row) != seg.num_rows for seg in segments):
+        return None
+    base = _segment_set_masks(segments)
+    seg_masks = [
+        np.ones(seg.num_rows, dtype=bool) if m is None else m.copy()
+        for seg, m in zip(segments, base.masks, strict=True)
+    ]
+    # Newer state kept outside the segments: memtable rows and tombstones, pk -> highest seq.
+    newer: dict[Any, int] = dict(delta_map)
+    for pk, (seq, _partition) in mt_deletes.items():
+        if seq > newer.get(pk, -1):
+            newer[pk] = seq
+    mt_seq_list = [int(s) for s in mt_seqs.tolist()]
+    for pk, seq in zip(mt_pks, mt_seq_list, strict=True):
+        if seq > newer.get(pk, -1):
+            newer[pk] = seq
+    for seg, mask in zip(segments, seg_masks, strict=True):
+        pk_to_row = seg.pk_to_row
+        seqs = seg.seqs
+        for pk in newer.keys() & pk_to_row.keys():
+            row = pk_to_row[pk]
+            if newer[pk] > int(seqs[row]):
+                mask[row] = False
+    mt_mask = np.ones(len(mt_pks), dtype=bool)
+    if mt_pks and (segments or delta_map or mt_deletes):
+        for i, (pk, seq) in enumerate(zip(mt_pks, mt_seq_list, strict=True)):
+            dead = delta_map.get(pk, -1) > seq or mt_deletes.get(pk, (-1,))[0] > seq
+            for seg in segments if not dead else ():
+                row = seg.pk_to_row.get(pk)
+                if row is not None and int(seg.seqs[row]) > seq:
+                    dead = True
+                    break
+            mt_mask[i] = not dead
+    return seg_masks, mt_mask
+
+
+# ── the search path ─────────────────────────────────────────────────────────
+
+
+def _needed_columns(output_fields: list[str] | None, pk_field: str) -> set[str] | None:
+    """Columns a hit's projection can read; None means all (no list, or "*")."""
+    if output_fields is None or "*" in output_fields:
+        return None
+    # "$meta" carries dynamic fields, which the projection picks from by name.
+    return set(output_fields) | {pk_field, "$meta"}
+
+
+def _segment_row(seg: Any, row: int, names: set[str] | None) -> dict:
+    """``Segment.row_to_dict`` restricted to *names* (all columns when None)."""
+    if names is None:
+        return seg.row_to_dict(row)
+    record: dict = {}
+    for name in seg.table.schema.names:
+        if name in names and name != "_seq":
+            record[name] = seg.table.column(name)[row].as_py()
+    meta = record.get("$meta")
+    if meta is not None:
+        # Same unpacking as row_to_dict: dynamic fields become top-level keys.
+        import json
+
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except (json.JSONDecodeError, ValueError):
+                meta = None
+        if isinstance(meta, dict):
+            record.update(meta)
+    return record
+
+
+def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Build the replacement for ``execute_search_with_index`` (same signature and results)."""
+    from milvus_lite.index.brute_force import BruteForceIndex
+
+    def execute_search_with_index(
+        query_vectors: np.ndarray,
+        segments: Iterable[Any],
+        memtable: Any,
+        delta_index: Any,
+        top_k: int,
+        metric_type: str,
+        pk_field: str,
+        vector_field: str,
+        partition_names: list[str] | None = None,
+        compiled_filter: Any = None,
+        output_fields: list[str] | None = None,
+        indexed_filter_plan: Any = None,
+        project_record_fn: Callable[[dict], dict] | None = None,
+        search_params: dict[str, Any] | None = None,
+    ) -> list[list[dict]]:
+        if query_vectors.ndim == 1:
+            query_vectors = query_vectors.reshape(1, -1)
+        if query_vectors.dtype != np.float32:
+            query_vectors = query_vectors.astype(np.float32, copy=False)
+        nq = int(query_vectors.shape[0])
+        if nq == 0 or top_k <= 0:
+            return [[] for _ in range(nq)]
+
+        segments = list(segments)
+        partition_filter = set(partition_names) if partition_names else None
+        in_scope = [
+            s for s in segments
+            if s.num_rows > 0 and (partition_filter is None or s.partition in partition_filter)
+        ]
+        mt_pks, mt_seqs, mt_vecs, mt_row_refs, mt_table = memtable.to_search_snapshot(
+            vector_field=vector_field,
+            partition_names=partition_names,
+            include_table=compiled_filter is not None,
+        )
+        if not in_scope and not mt_pks:
+            return [[] for _ in range(nq)]
+
+        mt_deletes = memtable.delete_index_snapshot()
+        live = _live_masks(in_scope, mt_pks, mt_seqs, delta_index._map, mt_deletes)
+        if live is None:
+            return original(
+                query_vectors, in_scope, memtable, delta_index, top_k, metric_type, pk_field,
+                vector_field, partition_names=partition_names, compiled_filter=compiled_filter,
+                output_fields=output_fields, indexed_filter_plan=indexed_filter_plan,
+                project_record_fn=project_record_fn, search_params=search_params,
+            )
+        seg_live, mt_live = live
+
+        if compiled_filter is not None:
+            from milvus_lite.search.filter import evaluate_mask
+            from milvus_lite.search.indexed_filter import evaluate_segment_filter
+
+            for i, seg in enumerate(in_scope):
+                fmask = evaluate_segment_filter(seg, compiled_filter, indexed_filter_plan)
+                seg_live[i] &= fmask.astype(bool)
+            if mt_pks and mt_table is not None:
+                mt_live &= evaluate_mask(compiled_filter, mt_table).astype(bool)
+
+        # Per-source top-k, as (distance, source, local id) arrays; sources are the
+        # segments in order, then the memtable.
+        dist_parts: list[np.ndarray] = []
+        src_parts: list[np.ndarray] = []
+        lid_parts: list[np.ndarray] = []
+
+        def recall(source: int, mask: np.ndarray, vectors: np.ndarray, index: Any) -> None:
+            if not mask.any():
+                return
+            if index is None:
+                index = BruteForceIndex.build(vectors, metric_type)
+            # None = all rows valid: skips the selector, which bounds ANN traversal.
+            lids, dists = index.search(
+                query_vectors, top_k, valid_mask=None if mask.all() else mask,
+                params=search_params,
+            )
+            # The engine stops at the first -1 (padding) of each row.
+            keep = np.cumprod(lids >= 0, axis=1).astype(bool)
+            dist_parts.append(np.where(keep, dists, np.inf))
+            src_parts.append(np.full(lids.shape, source, dtype=np.int64))
+            lid_parts.append(np.where(keep, lids, -1))
+
+        for i, seg in enumerate(in_scope):
+            vectors, null_mask = seg.vector_data(vector_field)
+            mask = seg_live[i] if null_mask is None else seg_live[i] & null_mask
+            recall(i, mask, vectors, seg.indexes.get(vector_field))
+        if mt_pks:
+            recall(len(in_scope), mt_live, mt_vecs, None)
+
+        if project_record_fn is not None:
+            project = project_record_fn
+        elif output_fields is None:
+            def project(record: dict) -> dict:
+                return {k: v for k, v in record.items() if k not in (pk_field, vector_field)}
+        else:
+            keep_fields = set(output_fields) - {pk_field}
+
+            def project(record: dict) -> dict:
+                return {k: record[k] for k in keep_fields if k in record}
+
+        names = _needed_columns(output_fields, pk_field)
+        n_seg = len(in_scope)
+        results: list[list[dict]] = []
+        if not dist_parts:
+            return [[] for _ in range(nq)]
+        dists = np.concatenate(dist_parts, axis=1)
+        srcs = np.concatenate(src_parts, axis=1)
+        lids = np.concatenate(lid_parts, axis=1)
+        for q in range(nq):
+            ok = lids[q] >= 0
+            d, s, lid = dists[q][ok], srcs[q][ok], lids[q][ok]
+            # Sort by (distance, source, local id), the engine's tie-break.
+            order = np.lexsort((lid, s, d))[:top_k]
+            hits: list[dict] = []
+            for j in order:
+                source, local_id = int(s[j]), int(lid[j])
+                if source < n_seg:
+                    record = _segment_row(in_scope[source], local_id, names)
+                    pk = record[pk_field] if pk_field in record else in_scope[source].pks[local_id]
+                else:
+                    batch_idx, row_idx = mt_row_refs[local_id]
+                    record = memtable.materialize_row(batch_idx, row_idx)
+                    pk = record[pk_field] if pk_field in record else mt_pks[local_id]
+                hits.append({"id": pk, "distance": float(d[j]), "entity": project(record)})
+            results.append(hits)
+        return results
+
+    execute_search_with_index.__doc__ = original.__doc__
+    execute_search_with_index.__wrapped__ = original  # type: ignore[attr-defined]
+    return execute_search_with_index
+
+
+# ── the HNSW segment index ──────────────────────────────────────────────────
+
+
+def _make_hnsw_search(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Build the replacement for ``FaissHnswIndex.search`` (same signature and results).
+
+    Two changes: a filtered search passes its mask to FAISS as an ``IDSelectorBitmap`` instead
+    of an ``IDSelectorBatch`` (a hash set rebuilt per call and probed per visited node: 2.4x
+    slower on a 44k-row segment with a 20% filter; the selected set, hence the traversal and
+    the result, is the same), and FAISS's output is converted to the engine's distance
+    convention with numpy instead of a Python loop over every (query, hit).
+    """
+    import faiss
+
+    def search(
+        self: Any,
+        queries: np.ndarray,
+        top_k: int,
+        valid_mask: np.ndarray | None = None,
+        params: dict | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if queries.ndim == 1:
+            queries = queries.reshape(1, -1)
+        if queries.dtype != np.float32:
+            queries = queries.astype(np.float32, copy=False)
+        nq = int(queries.shape[0])
+        result_ids = np.full((nq, top_k), -1, dtype=np.int64)
+        result_dists = np.full((nq, top_k), np.inf, dtype=np.float32)
+        if self.num_vectors == 0 or top_k <= 0:
+            return result_ids, result_dists
+        if self.metric == "COSINE":
+            norms = np.linalg.norm(queries, axis=1, keepdims=True)
+            queries = queries / np.where(norms == 0, 1.0, norms)
+        ef = int((params or {}).get("ef", 64))
+        self._index.hnsw.efSearch = ef
+        queries_c = np.ascontiguousarray(queries, dtype=np.float32)
+        if valid_mask is not None:
+            if valid_mask.shape[0] != self.num_vectors:
+                raise ValueError(
+                    f"valid_mask length {valid_mask.shape[0]} != num_vectors {self.num_vectors}"
+                )
+            if not valid_mask.any():
+                return result_ids, result_dists
+            # FAISS reads bit i at bits[i >> 3] >> (i & 7): little-endian bit order.
+            bits = np.packbits(valid_mask.astype(bool), bitorder="little")
+            sel = faiss.IDSelectorBitmap(self.num_vectors, faiss.swig_ptr(bits))
+            sp = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
+            faiss_dists, faiss_ids = self._index.search(queries_c, top_k, params=sp)
+        else:
+            faiss_dists, faiss_ids = self._index.search(queries_c, top_k)
+        # Same conversion as the engine's per-hit loop, in float64 then stored as float32.
+        d = faiss_dists.astype(np.float64)
+        ok = (faiss_ids >= 0) & (d < 1e30)
+        if self.metric == "L2":
+            conv = np.sqrt(np.maximum(d, 0.0))
+        elif self.metric == "IP":
+            conv = -d
+        elif self.metric == "COSINE":
+            conv = 1.0 - d
+        else:
+            conv = d
+        result_ids[ok] = faiss_ids[ok]
+        result_dists[ok] = conv[ok]
+        return result_ids, result_dists
+
+    search.__doc__ = original.__doc__
+    search.__wrapped__ = original  # type: ignore[attr-defined]
+    return search

@@ -1,0 +1,220 @@
+"""The Milvus Lite search speedups return exactly what the unpatched engine returns.
+
+A collection is spread over several sealed segments and a memtable, with upserts across them,
+flushed and unflushed deletes, and re-inserts after deletes; every search runs twice, through
+the patched engine and through the engine's own functions, and once against a numpy oracle.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+milvus_lite = pytest.importorskip("milvus_lite")
+from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite  # noqa: E402
+from milvus_lite.engine import collection as engine_collection  # noqa: E402
+from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
+from milvus_lite.search import executor_indexed  # noqa: E402
+
+from lookalike import _lite_speedups  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    milvus_lite.__version__ not in _lite_speedups.TESTED_VERSIONS,
+    reason=f"speedups target Milvus Lite {sorted(_lite_speedups.TESTED_VERSIONS)}",
+)
+
+DIM = 16
+LANGS = ("en", "fr", "de", "fr", "it")
+FILTERS = (None, 'language == "fr"', 'language in ["de", "it"] and n >= 100')
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+class Oracle:
+    """What the collection should hold: pk -> (vector, language, n)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[np.ndarray, str, int]] = {}
+
+    def write(self, records: list[dict]) -> None:
+        for r in records:
+            self.rows[r["id"]] = (np.asarray(r["vec"], dtype=np.float32), r["language"], r["n"])
+
+    def delete(self, pks: list[str]) -> None:
+        for pk in pks:
+            self.rows.pop(pk, None)
+
+    def top(self, query: np.ndarray, k: int, expr: str | None) -> list[str]:
+        keep = [
+            pk for pk, (_, lang, n) in self.rows.items()
+            if expr is None
+            or (expr.startswith("language ==") and lang == "fr")
+            or (expr.startswith("language in") and lang in ("de", "it") and n >= 100)
+        ]
+        scores = np.array([float(self.rows[pk][0] @ query) for pk in keep])
+        return [keep[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def _records(rng: np.random.Generator, pks: list[str], start: int) -> list[dict]:
+    vecs = _unit(rng, len(pks))
+    return [
+        {"id": pk, "vec": vecs[i].tolist(), "language": LANGS[(start + i) % 5], "n": start + i}
+        for i, pk in enumerate(pks)
+    ]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    """A collection with 3 segments plus memtable rows, upserts and both kinds of tombstone."""
+    rng = np.random.default_rng(3)
+    db = MilvusLite(str(tmp_path_factory.mktemp("lite")))
+    schema = CollectionSchema(fields=[
+        FieldSchema(name="id", dtype=DataType.VARCHAR, is_primary=True, max_length=32),
+        FieldSchema(name="vec", dtype=DataType.FLOAT_VECTOR, dim=DIM),
+        FieldSchema(name="language", dtype=DataType.VARCHAR, max_length=8),
+        FieldSchema(name="n", dtype=DataType.INT64),
+    ])
+    col = db.create_collection("docs", schema)
+    col.create_index("vec", {"index_type": "HNSW", "metric_type": "IP",
+                             "params": {"M": 8, "efConstruction": 64}})
+    col.create_index("language", {"index_type": "INVERTED"})
+    col.load()
+    oracle = Oracle()
+
+    def write(pks: list[str], start: int, upsert: bool = False) -> None:
+        recs = _records(rng, pks, start)
+        (col.upsert if upsert else col.insert)(recs)
+        oracle.write(recs)
+
+    def delete(pks: list[str]) -> None:
+        col.delete(pks)
+        oracle.delete(pks)
+
+    write([f"a{i}" for i in range(200)], 0)
+    col.flush()
+    write([f"a{i}" for i in range(0, 60)], 200, upsert=True)  # newer versions in segment 2
+    write([f"b{i}" for i in range(150)], 260)
+    delete([f"a{i}" for i in range(60, 80)])  # tombstones flushed with segment 2
+    col.flush()
+    write([f"a{i}" for i in range(0, 20)], 410, upsert=True)  # a third version of a0..a19
+    write([f"c{i}" for i in range(120)], 430)
+    col.flush()
+    # Unflushed state: memtable rows superseding segment rows, memtable tombstones for rows
+    # in segments, and pks deleted then written again.
+    write([f"b{i}" for i in range(0, 30)], 550, upsert=True)
+    write([f"d{i}" for i in range(40)], 580)
+    delete([f"b{i}" for i in range(30, 45)] + [f"c{i}" for i in range(0, 10)] + ["d0", "d1"])
+    write(["c0", "c1", "a60"], 620, upsert=True)
+    yield col, oracle
+    db.close()
+
+
+def _original_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Route searches through the engine's own functions for the rest of the test."""
+    fast_search = engine_collection.execute_search_with_index
+    monkeypatch.setattr(engine_collection, "execute_search_with_index", fast_search.__wrapped__)
+    monkeypatch.setattr(FaissHnswIndex, "search", FaissHnswIndex.search.__wrapped__)
+
+
+def _search(col, queries: np.ndarray, expr: str | None, output_fields=None, ef: int = 600):
+    return col.search(
+        [q.tolist() for q in queries], top_k=10, expr=expr, output_fields=output_fields,
+        search_params={"ef": ef},
+    )
+
+
+def test_apply_is_idempotent_and_patches_the_engine():
+    assert _lite_speedups.apply() is True
+    assert _lite_speedups.apply() is True
+    assert _lite_speedups.is_applied()
+    assert hasattr(engine_collection.execute_search_with_index, "__wrapped__")
+    assert executor_indexed.execute_search_with_index is engine_collection.execute_search_with_index
+    assert not hasattr(FaissHnswIndex.search.__wrapped__, "__wrapped__")
+
+
+def test_other_versions_are_left_alone(monkeypatch):
+    monkeypatch.setattr(_lite_speedups, "_applied", False)
+    monkeypatch.setattr(milvus_lite, "__version__", "3.9.0")
+    before = engine_collection.execute_search_with_index
+    assert _lite_speedups.apply() is False
+    assert engine_collection.execute_search_with_index is before
+
+
+def test_engine_has_the_state_under_test(engine):
+    col, _ = engine
+    assert len(col._segment_cache) >= 3  # several sealed segments
+    assert col._memtable.size() > 0  # and unflushed rows and tombstones
+    assert len(col._memtable.delete_index_snapshot()) > 0
+
+
+@pytest.mark.parametrize("expr", FILTERS)
+def test_same_results_as_the_unpatched_engine(engine, monkeypatch, expr):
+    col, _ = engine
+    _lite_speedups.apply()
+    queries = _unit(np.random.default_rng(11), 12)
+    for fields in (None, ["id"], ["language"], ["*"]):
+        fast = _search(col, queries, expr, fields, ef=32)
+        with monkeypatch.context() as m:
+            _original_engine(m)
+            slow = _search(col, queries, expr, fields, ef=32)
+        assert fast == slow
+
+
+@pytest.mark.parametrize("expr", FILTERS)
+def test_results_match_a_numpy_oracle(engine, expr):
+    col, oracle = engine
+    _lite_speedups.apply()
+    queries = _unit(np.random.default_rng(5), 20)
+    hits = _search(col, queries, expr, ["language", "n"])  # ef above the row count: exact
+    for q, got in zip(queries, hits, strict=True):
+        assert [h["id"] for h in got] == oracle.top(q, 10, expr)
+        for h in got:
+            vec, lang, n = oracle.rows[h["id"]]
+            assert h["entity"] == {"language": lang, "n": n}
+            assert h["distance"] == pytest.approx(float(vec @ q), abs=1e-5)  # IP: similarity
+
+
+def test_deleted_and_superseded_versions_never_come_back(engine):
+    col, oracle = engine
+    _lite_speedups.apply()
+    # Query with each stored vector: a row's own vector finds the row first, if it is live.
+    pks = sorted(oracle.rows)
+    vecs = np.stack([oracle.rows[pk][0] for pk in pks])
+    hits = _search(col, vecs, None, ["n"])
+    assert [h[0]["id"] for h in hits] == pks
+    assert all(h[0]["entity"]["n"] == oracle.rows[pk][2] for h, pk in zip(hits, pks, strict=True))
+    found = {h["id"] for per_query in hits for h in per_query}
+    assert found <= set(oracle.rows)
+
+
+def test_segment_masks_are_cached_per_segment_set(engine):
+    col, _ = engine
+    _lite_speedups.apply()
+    segments = [s for s in col._segment_cache.values() if s.num_rows]
+    first = _lite_speedups._segment_set_masks(segments)
+    assert _lite_speedups._segment_set_masks(segments) is first
+    # a0..a19 live in the third segment only; their older versions are masked out.
+    stale = sum(int((~m).sum()) for m in first.masks if m is not None)
+    assert stale == 60 + 20
+
+
+def test_search_through_pymilvus_with_ids_only(tmp_path):
+    pymilvus = pytest.importorskip("pymilvus")
+    _lite_speedups.apply()
+    client = pymilvus.MilvusClient(str(tmp_path / "milvus.db"))
+    try:
+        client.create_collection("c", dimension=DIM, metric_type="IP", id_type="string",
+                                 max_length=16)
+        vecs = _unit(np.random.default_rng(2), 50)
+        client.insert("c", [{"id": f"x{i}", "vector": v.tolist()} for i, v in enumerate(vecs)])
+        client.delete("c", ids=["x0"])
+        res = client.search("c", [vecs[0].tolist(), vecs[1].tolist()], limit=3,
+                            output_fields=["id"])
+        assert res[0][0]["id"] != "x0"
+        assert res[1][0]["id"] == "x1"
+        assert set(res[1][0]["entity"]) == {"id"}  # no vector shipped back
+    finally:
+        client.close()
