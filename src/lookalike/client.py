@@ -149,7 +149,9 @@ class Client:
     def index(self, name: str, documents: Iterable[Mapping[str, Any]], **options: Any) -> int:
         return self.collection(name).index(documents, **options)
 
-    def get_documents(self, name: str, ids: Iterable[str], output_fields: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def get_documents(
+        self, name: str, ids: Iterable[str], output_fields: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
         return self.collection(name).get(ids, output_fields)  # type: ignore[arg-type]
 
     def retrieve_similar(self, name: str, **query: Any) -> list[dict[str, Any]]:

@@ -35,7 +35,8 @@ class Collection:
         self._embedder_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Collection({self.name!r}, dim={self.spec.dim}, metric={self.spec.metric!r}, codops={self.client.codops!r})"
+        spec = self.spec
+        return f"Collection({self.name!r}, dim={spec.dim}, metric={spec.metric!r}, codops={self.client.codops!r})"
 
     @property
     def engine(self):
@@ -105,7 +106,7 @@ class Collection:
         ``output_fields=None`` returns every field, the vector included.
         """
         ids = check_ids(ids)
-        fields = self.spec.field_names if output_fields is None else [ID_FIELD, *check_output_fields(self.spec, output_fields)]
+        fields = self._read_fields(output_fields)
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), IDS_PER_QUERY):
             batch = ids[start : start + IDS_PER_QUERY]
@@ -116,6 +117,12 @@ class Collection:
             for row in rows:
                 found[row[ID_FIELD]] = _plain(row, fields)
         return [found[i] for i in dict.fromkeys(ids) if i in found]
+
+    def _read_fields(self, output_fields: Sequence[str] | None) -> list[str]:
+        """Fields to read: all of them by default; ``id`` always."""
+        if output_fields is None:
+            return self.spec.field_names
+        return [ID_FIELD, *check_output_fields(self.spec, output_fields)]
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are stored."""
@@ -175,7 +182,7 @@ class Collection:
 
     def iterate(self, batch_size: int = 1000, output_fields: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every document (all fields unless ``output_fields`` is given), in batches from the engine."""
-        fields = self.spec.field_names if output_fields is None else [ID_FIELD, *check_output_fields(self.spec, output_fields)]
+        fields = self._read_fields(output_fields)
         with self.engine.errors(f"read {self.name!r}"):
             iterator = self.engine.milvus.query_iterator(self.name, batch_size=batch_size, output_fields=fields)
         try:

@@ -86,7 +86,8 @@ class Settings:
         """Read ``CODOPS``, ``CODOPS_<CODE>_MILVUS_PASSWORD``, ``LOOKALIKE_MILVUS_URI`` and
         ``LOOKALIKE_DATA_DIR``; keyword arguments win over the environment."""
         env = os.environ if environ is None else environ
-        codops = validate_codops(str(overrides.pop("codops", None) or env.get("CODOPS") or "default"))
+        codops = overrides.pop("codops", None)
+        codops = validate_codops(env.get("CODOPS") or "default" if codops is None else codops)
         password = overrides.pop("password", None)
         if password is None:
             password = env.get(password_variable(codops), "")

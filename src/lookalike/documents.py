@@ -233,7 +233,7 @@ class DocumentWriter:
                     bar.update(len(chunk))
         except InvalidInputError as exc:
             if self.written:
-                exc.args = (f"{exc.args[0]} ({self.written} document(s) before it were stored)",)
+                exc.args = (f"{exc.args[0]} ({self._landed()})",)
             raise
         finally:
             if bar is not None:
@@ -247,24 +247,26 @@ class DocumentWriter:
             if clash:
                 raise ConflictError(
                     f"upsert=False but {len(clash)} id(s) are stored already: "
-                    f"{', '.join(sorted(clash)[:10])}{' ...' if len(clash) > 10 else ''}"
-                    f" ({self.written} document(s) before them were stored)"
+                    f"{', '.join(sorted(clash)[:10])}{' ...' if len(clash) > 10 else ''} ({self._landed()})"
                 )
         to_embed = [row for row in chunk if row.text is not None]
         if to_embed:
             vectors = self.embed([row.text for row in to_embed])  # type: ignore[misc]
-            for row, vec in zip(to_embed, vectors):
+            for row, vec in zip(to_embed, vectors, strict=True):
                 row.values[VECTOR_FIELD] = vec
         try:
             self.write([row.values for row in chunk])
         except LookalikeError as exc:
-            failure = type(exc)(
-                f"{exc} — {self.written} document(s) were stored before this chunk; "
-                f"the {len(chunk)} of this chunk (ids {ids[0]!r} .. {ids[-1]!r}) and any after it were not"
-            )
+            failure = type(exc)(f"{exc} ({self._landed()})")
             failure.failed_ids = ids  # type: ignore[attr-defined]
             raise failure from None
         self.written += len(chunk)
+
+    def _landed(self) -> str:
+        """Which documents of this call are stored: chunks are written in order."""
+        if not self.written:
+            return "no document of this call was stored"
+        return f"documents #0-#{self.written - 1} of this call were stored; #{self.written} onwards were not"
 
 
 def _progress_bar(total: int | None, progress: bool | None):

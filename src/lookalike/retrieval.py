@@ -152,7 +152,8 @@ class SimilarQuery:
                     data=queries,
                     filter=expr,
                     limit=limit,
-                    output_fields=fields,
+                    # Never []: Milvus Lite reads [] as "every field" and ships each hit's vector.
+                    output_fields=fields or [ID_FIELD],
                     search_params=params,
                     anns_field=VECTOR_FIELD,
                     **self.collection.read_options,

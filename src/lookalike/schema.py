@@ -294,7 +294,9 @@ def _field_spec(source: FieldSchema | Mapping[str, Any] | FieldSpec, position: i
         raise InvalidInputError(f"field {name!r} is reserved: every collection has 'id' and 'vec' already")
     if type_name == "varchar":
         if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_VARCHAR:
-            raise InvalidInputError(f"field {name!r}: varchar needs max_length in [1, {MAX_VARCHAR}], not {max_length!r}")
+            raise InvalidInputError(
+                f"field {name!r}: varchar needs max_length in [1, {MAX_VARCHAR}], not {max_length!r}"
+            )
     elif max_length is not None:
         raise InvalidInputError(f"field {name!r}: max_length applies to varchar only")
     return FieldSpec(name, type_name, max_length)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a real embedded Milvus per test session, and clients of it per organisation."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymilvus import DataType, FieldSchema
+
+from lookalike import Client
+
+# Keep any test from touching the user's real data directory or organisation.
+for variable in [v for v in os.environ if v.startswith("CODOPS") or v.startswith("LOOKALIKE_")]:
+    del os.environ[variable]
+
+_names = itertools.count()
+
+SEED_FIELDS = [
+    FieldSchema(name="publication_date", dtype=DataType.INT64),
+    FieldSchema(name="language", dtype=DataType.VARCHAR, max_length=16),
+    FieldSchema(name="category", dtype=DataType.VARCHAR, max_length=255),
+]
+SEED_INDEXES = {
+    "vec": {"metric_type": "IP", "index_type": "HNSW", "M": 32, "efConstruction": 128},
+    "publication_date": None,
+    "language": None,
+    "category": None,
+}
+
+
+@pytest.fixture(scope="session")
+def lite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded data directory for the session: opening Milvus Lite costs a server thread."""
+    return tmp_path_factory.mktemp("lite")
+
+
+@pytest.fixture(scope="session")
+def client(lite_dir: Path) -> Iterator[Client]:
+    with Client(codops="ltlrt", password="ltlrt-secret", data_dir=lite_dir) as c:
+        yield c
+
+
+@pytest.fixture
+def name() -> str:
+    """A collection name no other test uses."""
+    return f"c{next(_names)}_{os.getpid()}"
+
+
+def make_docs(n: int, dim: int = 16, seed: int = 0, start: int = 0) -> list[dict]:
+    """Documents in the seed's shape, with a reproducible random vector each."""
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "id": f"doc{i}",
+            "vec": rng.normal(size=dim).astype(np.float32).tolist(),
+            "publication_date": 1704067200 + i,
+            "language": ("fr", "en", "de")[i % 3],
+            "category": ("sports", "news")[i % 2],
+        }
+        for i in range(start, start + n)
+    ]
