@@ -212,9 +212,15 @@ class Collection:
             )
         with self._embedder_lock:
             if self._embedder is None:
-                from .embedding import get_embedder
+                from .embedding import BUILTIN_MODELS, get_embedder
 
-                self._embedder = check_embedder(self.name, self.spec, get_embedder(self.spec.embedder["name"]))
+                recorded = self.spec.embedder["name"]
+                if recorded not in BUILTIN_MODELS:
+                    raise InvalidInputError(
+                        f"collection {self.name!r} was built with the custom model {recorded!r}: "
+                        f"open it with client.collection({self.name!r}, embedder=<that model>)"
+                    )
+                self._embedder = check_embedder(self.name, self.spec, get_embedder(recorded))
             return self._embedder
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
