@@ -259,7 +259,7 @@ def index(
     if as_json:
         _print_json({"indexed": written})
     else:
-        out.print(f"Indexed {written} documents into {name!r}.")
+        out.print(f"Indexed {_documents(written)} into {name!r}.")
 
 
 @app.command("get")
@@ -289,8 +289,8 @@ def similar(
     filter: Annotated[str | None, typer.Option(
         help="Milvus boolean expression, e.g. \"language == 'fr'\".", show_default=False)] = None,
     limit: Annotated[int, typer.Option(help="How many results.")] = 10,
-    exclude_ids: Annotated[bool, typer.Option(help="Leave the query ids out of the results.")
-                           ] = False,
+    exclude_ids: Annotated[bool, typer.Option(
+        "--exclude-ids", help="Leave the query ids out of the results.")] = False,
     fields: FieldsOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -317,7 +317,7 @@ def delete(
     if as_json:
         _print_json({"deleted": deleted})
     else:
-        out.print(f"Deleted {deleted} documents from {name!r}.")
+        out.print(f"Deleted {_documents(deleted)} from {name!r}.")
 
 
 @app.command("count")
@@ -362,7 +362,7 @@ def export(
     if as_json:
         _print_json({"exported": writer.rows, "file": str(file)})
     else:
-        out.print(f"Exported {writer.rows} documents of {name!r} to {file}.")
+        out.print(f"Exported {_documents(writer.rows)} of {name!r} to {file}.")
 
 
 @app.command("import")
@@ -389,7 +389,7 @@ def import_(
     if as_json:
         _print_json({"imported": written, "collection": name})
     else:
-        out.print(f"Imported {written} documents into {name!r}.")
+        out.print(f"Imported {_documents(written)} into {name!r}.")
 
 
 # -- service -------------------------------------------------------------------------------------
@@ -497,6 +497,10 @@ class _Progress:
         self.bar.stop()
 
 
+def _documents(n: int) -> str:
+    return f"{n} document{'' if n == 1 else 's'}"
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, ensure_ascii=False, indent=2, default=lambda v: v.tolist()))
 
@@ -529,7 +533,7 @@ def _cell(value: Any) -> str:
 def _print_description(description: dict[str, Any]) -> None:
     vec = description["indexes"].get("vec", {})
     params = ", ".join(f"{k}={v}" for k, v in vec.items() if k not in ("index_type", "metric_type"))
-    out.print(f"[bold]{description['name']}[/bold]: {description['count']} documents, "
+    out.print(f"[bold]{description['name']}[/bold]: {_documents(description['count'])}, "
               f"dim {description['dim']}, {vec.get('index_type')}/{description['metric']}"
               + (f" ({params})" if params else "")
               + (f", embedder {description['embedder']['name']}" if description.get("embedder")

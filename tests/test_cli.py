@@ -1,0 +1,331 @@
+"""The `lookalike` command, through typer's runner and once as a real subprocess."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lookalike.cli import app
+
+DOCS_CLI = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+FIELDS = ["--field", "language:varchar:16", "--field", "year:int64", "--field", "extra:json"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cli-data")
+
+
+@pytest.fixture(scope="module")
+def run(data_dir: Path):
+    """Run the CLI in-process against this module's data directory."""
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None):
+        env = {"LOOKALIKE_DATA_DIR": str(data_dir), "CODOPS": "ltlrt"}
+        return runner.invoke(app, list(args), input=input, env=env)
+
+    return invoke
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return result.stdout
+
+
+def _docs(n: int, dim: int = 4, seed: int = 0, prefix: str = "d") -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"id": f"{prefix}{i}", "vec": rng.standard_normal(dim).astype(np.float32).tolist(),
+             "language": ("en", "fr", "de")[i % 3], "year": 2000 + i, "extra": {"n": i}}
+            for i in range(n)]
+
+
+def _jsonl(path: Path, docs: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+def _create(run, name: str, *extra: str) -> None:
+    ok(run("collections", "create", name, "--dim", "4", *FIELDS, "--index", "vec:HNSW:IP",
+           "--index-param", "M=16", "--scalar-index", "language", *extra))
+
+
+def test_collections_create_describe_list_and_idempotence(run):
+    out = ok(run("collections", "create", "articles", "--dim", "4", *FIELDS,
+                 "--index", "vec:HNSW:IP", "--index-param", "M=16", "--index-param",
+                 "efConstruction=64", "--scalar-index", "language", "--json"))
+    described = json.loads(out)
+    assert described["dim"] == 4 and described["count"] == 0
+    assert described["indexes"]["vec"] == {"index_type": "HNSW", "metric_type": "IP", "M": 16,
+                                           "efConstruction": 64}
+    assert described["indexes"]["language"] is None
+    assert [f["name"] for f in described["fields"]] == ["language", "year", "extra"]
+    assert json.loads(ok(run("collections", "describe", "articles", "--json"))) == described
+    assert "articles" in json.loads(ok(run("collections", "list", "--json")))
+    # the same schema again is fine; another one is a conflict (exit 4)
+    again = ok(run("collections", "create", "articles", "--dim", "4", *FIELDS, "--index",
+                   "vec:HNSW:IP", "--index-param", "M=16", "--index-param", "efConstruction=64",
+                   "--scalar-index", "language"))
+    assert "exists with this schema" in again
+    clash = run("collections", "create", "articles", "--dim", "8")
+    assert clash.exit_code == 4
+    assert clash.stderr.startswith("Error: collection 'articles' exists with another schema")
+    assert clash.stderr.count("\n") == 1
+
+
+def test_create_from_a_schema_file_equals_the_options(run, tmp_path):
+    _create(run, "from_options")
+    spec = json.loads(ok(run("collections", "describe", "from_options", "--json")))
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({k: spec[k] for k in ("dim", "fields", "indexes")}))
+    made = json.loads(ok(run("collections", "create", "from_file", "--schema", str(schema),
+                             "--json")))
+    assert {k: made[k] for k in ("dim", "fields", "indexes", "metric")} == {
+        k: spec[k] for k in ("dim", "fields", "indexes", "metric")}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_index_each_format_then_get_and_upsert(run, tmp_path, fmt):
+    name = f"fmt_{fmt}"
+    _create(run, name)
+    docs = _docs(30, seed=3)
+    path = tmp_path / f"docs.{fmt}"
+    if fmt == "jsonl":
+        _jsonl(path, docs)
+    elif fmt == "csv":
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, ["id", "vec", "language", "year", "extra"])
+            writer.writeheader()
+            writer.writerows({**d, "vec": json.dumps(d["vec"]), "extra": json.dumps(d["extra"])}
+                             for d in docs)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # a plain file from another tool: json fields are struct columns, read back as dicts
+        pq.write_table(pa.Table.from_pylist(docs), path)
+    assert json.loads(ok(run("index", name, str(path), "--batch-size", "7", "--json"))) == {
+        "indexed": 30}
+    assert json.loads(ok(run("count", name, "--json"))) == {"count": 30}
+    # upsert by id: indexing the same file again stores no second copy
+    ok(run("index", name, str(path)))
+    assert ok(run("count", name)).strip() == "30"
+    got = json.loads(ok(run("get", name, "d2", "d1", "missing", "--fields", "language,year",
+                            "--json")))
+    assert got == [{"id": "d2", "language": "de", "year": 2002},
+                   {"id": "d1", "language": "fr", "year": 2001}]
+
+
+def test_no_upsert_refuses_stored_ids(run, tmp_path):
+    _create(run, "no_upsert")
+    path = _jsonl(tmp_path / "docs.jsonl", _docs(5))
+    ok(run("index", "no_upsert", str(path)))
+    result = run("index", "no_upsert", str(path), "--no-upsert")
+    assert result.exit_code == 4
+    assert "upsert=False" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_normalize_keeps_vectors_as_given(run, tmp_path):
+    _create(run, "raw")
+    path = _jsonl(tmp_path / "docs.jsonl", [{"id": "a", "vec": [3.0, 0.0, 4.0, 0.0],
+                                             "language": "en", "year": 1, "extra": {}}])
+    ok(run("index", "raw", str(path), "--no-normalize"))
+    assert json.loads(ok(run("get", "raw", "a", "--fields", "vec", "--json")))[0]["vec"] == [
+        3.0, 0.0, 4.0, 0.0]
+    ok(run("index", "raw", str(path)))
+    assert json.loads(ok(run("get", "raw", "a", "--fields", "vec", "--json")))[0]["vec"] == [
+        pytest.approx(0.6), 0.0, pytest.approx(0.8), 0.0]
+
+
+def test_similar_by_ids_vectors_filter_and_exclusion(run, tmp_path):
+    _create(run, "sim")
+    docs = _docs(40, seed=5)
+    ok(run("index", "sim", str(_jsonl(tmp_path / "docs.jsonl", docs))))
+    hits = json.loads(ok(run("similar", "sim", "--id", "d1", "--limit", "5", "--json")))
+    assert hits[0]["id"] == "d1" and len(hits) == 5
+    assert [h["distance"] for h in hits] == sorted((h["distance"] for h in hits), reverse=True)
+    excluded = json.loads(ok(run("similar", "sim", "--id", "d1", "--id", "d2", "--exclude-ids",
+                                 "--filter", "language == 'fr'", "--fields", "language",
+                                 "--json")))
+    assert excluded and all(h["language"] == "fr" and h["id"] not in ("d1", "d2")
+                            for h in excluded)
+    vector_file = tmp_path / "query.json"
+    vector_file.write_text(json.dumps(docs[7]["vec"]))
+    by_vector = json.loads(ok(run("similar", "sim", "--vector-file", str(vector_file),
+                                  "--limit", "1", "--json")))
+    assert by_vector[0]["id"] == "d7"
+    table = ok(run("similar", "sim", "--id", "d1", "--limit", "2", "--fields", "year"))
+    assert "distance" in table and "d1" in table
+
+
+def test_delete_by_id_and_filter(run, tmp_path):
+    _create(run, "del")
+    ok(run("index", "del", str(_jsonl(tmp_path / "docs.jsonl", _docs(12)))))
+    assert json.loads(ok(run("delete", "del", "--id", "d0", "--id", "d1", "--json"))) == {
+        "deleted": 2}
+    assert json.loads(ok(run("delete", "del", "--filter", "year >= 2010", "--json"))) == {
+        "deleted": 2}
+    assert json.loads(ok(run("count", "del", "--json"))) == {"count": 8}
+    # left: d2..d9, of which d3, d6 and d9 are in English
+    assert json.loads(ok(run("count", "del", "--filter", "language == 'en'", "--json"))) == {
+        "count": 3}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_export_then_import_round_trips_exactly(run, tmp_path, suffix):
+    source = f"export_src{suffix[1:]}"
+    _create(run, source)
+    docs = _docs(57, seed=11, prefix="x")
+    docs[0]["id"] = 'quote " backslash \\ é'
+    ok(run("index", source, str(_jsonl(tmp_path / "docs.jsonl", docs))))
+    exported = tmp_path / f"export{suffix}"
+    assert json.loads(ok(run("export", source, str(exported), "--batch-size", "10",
+                             "--json")))["exported"] == 57
+    target = f"export_copy{suffix[1:]}"
+    assert json.loads(ok(run("import", target, str(exported), "--json")))["imported"] == 57
+
+    before = json.loads(ok(run("collections", "describe", source, "--json")))
+    after = json.loads(ok(run("collections", "describe", target, "--json")))
+    assert {k: v for k, v in before.items() if k != "name"} == {
+        k: v for k, v in after.items() if k != "name"}
+    ids = [d["id"] for d in docs]
+    original = json.loads(ok(run("get", source, *ids, "--json")))
+    copied = json.loads(ok(run("get", target, *ids, "--json")))
+    assert [d["id"] for d in copied] == ids
+    for a, b in zip(original, copied, strict=True):
+        assert np.array_equal(np.asarray(a.pop("vec"), np.float32),
+                              np.asarray(b.pop("vec"), np.float32))
+        assert a == b
+
+
+def test_import_needs_an_export_header(run, tmp_path):
+    result = run("import", "plain", str(_jsonl(tmp_path / "docs.jsonl", _docs(2))))
+    assert result.exit_code == 1
+    assert "no lookalike export header" in result.stderr
+
+
+def test_text_field_is_embedded_by_the_bound_model(run, tmp_path):
+    ok(run("collections", "create", "texts", "--embedder", "default", "--field",
+           "language:varchar:8"))
+    path = _jsonl(tmp_path / "texts.jsonl", [
+        {"id": "cat", "body": "The cat sleeps on the sofa.", "language": "en"},
+        {"id": "chat", "body": "Le chat dort sur le canapé.", "language": "fr"},
+        {"id": "bond", "body": "Bond yields rose after the central bank's decision.",
+         "language": "en"},
+    ])
+    ok(run("index", "texts", str(path), "--text-field", "body"))
+    hits = json.loads(ok(run("similar", "texts", "--id", "cat", "--exclude-ids", "--limit", "1",
+                             "--json")))
+    assert hits[0]["id"] == "chat"
+
+
+def test_user_errors_are_one_line_with_their_exit_code(run, tmp_path):
+    missing = run("get", "no_such_collection", "a")
+    assert missing.exit_code == 3
+    assert missing.stderr == ("Error: collection 'no_such_collection' does not exist for "
+                              "organisation 'ltlrt'\n")
+    _create(run, "errs")
+    bad_filter = run("similar", "errs", "--vector-file", str(_vector_file(tmp_path)),
+                     "--filter", "language = 'fr'")
+    assert bad_filter.exit_code == 1
+    assert bad_filter.stderr.startswith("Error: filter_expr")
+    assert bad_filter.stderr.count("\n") == 1
+    no_file = run("index", "errs", str(tmp_path / "nope.jsonl"))
+    assert no_file.exit_code == 1 and "does not exist" in no_file.stderr
+    bad_field = run("collections", "create", "x", "--field", "language")
+    assert bad_field.exit_code == 2  # a usage error, click's code
+    for result in (missing, bad_filter, no_file, bad_field):
+        assert "Traceback" not in result.stderr + result.stdout
+
+
+def _vector_file(tmp_path: Path) -> Path:
+    path = tmp_path / "v.json"
+    path.write_text("[1, 0, 0, 0]")
+    return path
+
+
+def test_drop_asks_unless_yes(run):
+    _create(run, "to_drop")
+    declined = run("collections", "drop", "to_drop", input="n\n")
+    assert declined.exit_code == 1
+    assert "to_drop" in json.loads(ok(run("collections", "list", "--json")))
+    ok(run("collections", "drop", "to_drop", input="y\n"))
+    assert "to_drop" not in json.loads(ok(run("collections", "list", "--json")))
+    _create(run, "to_drop")
+    assert json.loads(ok(run("collections", "drop", "to_drop", "--yes", "--json"))) == {
+        "dropped": True}
+
+
+def test_global_options_select_organisation_and_data_dir(run, tmp_path):
+    _create(run, "ltlrt_only")
+    other_org = json.loads(ok(run("--codops", "bbc", "collections", "list", "--json")))
+    assert "ltlrt_only" not in other_org
+    elsewhere = json.loads(ok(run("--data-dir", str(tmp_path / "other"), "collections", "list",
+                                  "--json")))
+    assert elsewhere == []
+    bad = run("--codops", "no-such code", "collections", "list")
+    assert bad.exit_code == 1 and "organisation code" in bad.stderr
+
+
+def _commands(group=None, prefix=()):
+    """Every command path of the CLI, e.g. ('collections', 'create')."""
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_every_command_has_help(run):
+    assert "Usage" in ok(run("--help"))
+    for path, command in _commands():
+        assert command.help, f"{' '.join(path)} has no help text"
+        assert "Usage" in ok(run(*path, "--help"))
+
+
+def test_every_command_and_option_is_in_docs_cli_md():
+    docs = DOCS_CLI.read_text(encoding="utf-8")
+    sections = re.split(r"^## ", docs, flags=re.M)
+    for path, command in _commands():
+        title = "lookalike " + " ".join(path)
+        section = next((s for s in sections if s.startswith(f"`{title}`")), None)
+        assert section is not None, f"docs/cli.md has no '## `{title}`' section"
+        for param in command.params:
+            for option in param.opts:
+                if option.startswith("--") and option != "--help":
+                    assert option in section, f"docs/cli.md: {title} does not mention {option}"
+
+
+def test_real_subprocess(tmp_path):
+    executable = Path(sys.executable).with_name("lookalike")
+    env = {**os.environ, "LOOKALIKE_DATA_DIR": str(tmp_path / "data"), "CODOPS": "ltlrt"}
+
+    def lookalike(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(executable), *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    created = lookalike("collections", "create", "sub", "--dim", "4", "--field",
+                        "language:varchar:16")
+    assert created.returncode == 0, created.stderr
+    path = _jsonl(tmp_path / "docs.jsonl", [{k: d[k] for k in ("id", "vec", "language")}
+                                            for d in _docs(20)])
+    indexed = lookalike("index", "sub", str(path), "--json")
+    assert indexed.returncode == 0 and json.loads(indexed.stdout) == {"indexed": 20}
+    hits = lookalike("similar", "sub", "--id", "d3", "--limit", "3", "--json")
+    assert hits.returncode == 0 and json.loads(hits.stdout)[0]["id"] == "d3"
+    failed = lookalike("similar", "nowhere", "--id", "d3")
+    assert failed.returncode == 3
+    assert failed.stderr.strip().splitlines() == [
+        "Error: collection 'nowhere' does not exist for organisation 'ltlrt'"]

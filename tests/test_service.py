@@ -1,0 +1,302 @@
+"""The HTTP service, through FastAPI's TestClient and once as a real uvicorn process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from lookalike.config import Settings
+from lookalike.service import create_app
+
+TOKENS = {"ltlrt": "token-of-ltlrt-7f3a", "bbc": "token-of-bbc-91c2"}
+ENVIRON = {f"CODOPS_{code.upper()}_API_TOKEN": token for code, token in TOKENS.items()}
+MAX_LIMIT = 50
+MAX_BODY = 200_000
+SCHEMA = {
+    "dim": 4,
+    "fields": [{"name": "language", "type": "varchar", "max_length": 16},
+               {"name": "year", "type": "int64"}],
+    "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 16}, "language": None},
+}
+
+
+def auth(code: str = "ltlrt") -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[code]}"}
+
+
+def _docs(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"id": f"d{i}", "vec": rng.standard_normal(4).tolist(),
+             "language": ("en", "fr", "de")[i % 3], "year": 2000 + i} for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory):
+    settings = Settings(codops="ltlrt", data_dir=tmp_path_factory.mktemp("http-data"))
+    return create_app(settings=settings, environ=ENVIRON, max_limit=MAX_LIMIT,
+                      max_body_bytes=MAX_BODY)
+
+
+@pytest.fixture(scope="module")
+def http(app):
+    # raise_server_exceptions=False: a failure must reach the test as the response a client gets
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.put("/v1/ltlrt/collections/articles", json=SCHEMA,
+                          headers=auth()).status_code in (200, 201)
+        indexed = client.post("/v1/ltlrt/collections/articles/documents",
+                              json={"documents": _docs(30)}, headers=auth())
+        assert indexed.json() == {"indexed": 30}
+        yield client
+
+
+def test_health_and_ready_need_no_token(http):
+    assert http.get("/health").json() == {"status": "ok"}
+    assert http.get("/ready").json() == {"status": "ready"}
+
+
+def test_ready_is_503_when_milvus_cannot_be_opened(tmp_path):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    app = create_app(settings=Settings(codops="ltlrt", data_dir=blocked), environ=ENVIRON)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["error"] == "not_ready"
+
+
+def test_put_collection_is_idempotent_and_conflicts_on_another_schema(http):
+    again = http.put("/v1/ltlrt/collections/articles", json=SCHEMA, headers=auth())
+    assert again.status_code == 200
+    assert again.json()["indexes"]["vec"] == SCHEMA["indexes"]["vec"]
+    created = http.put("/v1/ltlrt/collections/fresh", json=SCHEMA, headers=auth())
+    assert created.status_code == 201 and created.json()["count"] == 0
+    clash = http.put("/v1/ltlrt/collections/articles", json={**SCHEMA, "dim": 8}, headers=auth())
+    assert clash.status_code == 409
+    assert "dim 4 != 8" in clash.json()["detail"]
+    bad_type = http.put("/v1/ltlrt/collections/bad",
+                        json={"dim": 4, "fields": [{"name": "x", "type": "blob"}]},
+                        headers=auth())
+    assert bad_type.status_code == 400 and "unknown type 'blob'" in bad_type.json()["detail"]
+    assert "articles" in http.get("/v1/ltlrt/collections", headers=auth()).json()
+
+
+def test_similar_get_and_post(http):
+    hits = http.get("/v1/ltlrt/collections/articles/similar",
+                    params={"ids": ["d1"], "limit": 5}, headers=auth()).json()
+    assert hits[0]["id"] == "d1" and len(hits) == 5
+    assert set(hits[0]) == {"id", "distance"}
+    filtered = http.get("/v1/ltlrt/collections/articles/similar",
+                        params={"ids": ["d1", "d2"], "filter": "language == 'fr'",
+                                "exclude_ids": "true", "output_fields": ["language"]},
+                        headers=auth()).json()
+    assert filtered and all(h["language"] == "fr" and h["id"] not in ("d1", "d2")
+                            for h in filtered)
+    docs = _docs(30)
+    by_vector = http.post("/v1/ltlrt/collections/articles/similar",
+                          json={"vectors": docs[7]["vec"], "limit": 1}, headers=auth()).json()
+    assert by_vector[0]["id"] == "d7"
+    by_ids = http.post("/v1/ltlrt/collections/articles/similar",
+                       json={"ids": ["d1"], "limit": 5}, headers=auth()).json()
+    assert by_ids == hits
+
+
+def test_documents_get_index_and_delete(http):
+    got = http.get("/v1/ltlrt/collections/articles/documents",
+                   params={"ids": ["d2", "missing", "d1"], "output_fields": ["year"]},
+                   headers=auth()).json()
+    assert got == [{"id": "d2", "year": 2002}, {"id": "d1", "year": 2001}]
+    extra = [{"id": "tmp1", "vec": [1, 0, 0, 0], "language": "en", "year": 1},
+             {"id": "tmp2", "vec": [0, 1, 0, 0], "language": "en", "year": 2}]
+    assert http.post("/v1/ltlrt/collections/articles/documents", json={"documents": extra},
+                     headers=auth()).json() == {"indexed": 2}
+    refused = http.post("/v1/ltlrt/collections/articles/documents",
+                        json={"documents": extra, "upsert": False}, headers=auth())
+    assert refused.status_code == 409
+    deleted = http.request("DELETE", "/v1/ltlrt/collections/articles/documents",
+                           json={"ids": ["tmp1", "tmp2"]}, headers=auth())
+    assert deleted.json() == {"deleted": 2}
+    assert http.get("/v1/ltlrt/collections/articles", headers=auth()).json()["count"] == 30
+
+
+def test_no_token_or_a_wrong_token_is_401(http):
+    path = "/v1/ltlrt/collections"
+    missing = http.get(path)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert http.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert http.get(path, headers={"Authorization": f"Basic {TOKENS['ltlrt']}"}
+                    ).status_code == 401
+
+
+def test_another_organisations_token_is_403(http):
+    response = http.get("/v1/ltlrt/collections/articles/similar", params={"ids": ["d1"]},
+                        headers=auth("bbc"))
+    assert response.status_code == 403
+    assert response.json()["error"] == "forbidden"
+
+
+def test_an_organisation_without_a_token_cannot_be_reached(http):
+    for token in (TOKENS["ltlrt"], TOKENS["bbc"], ""):
+        response = http.get("/v1/rts/collections", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code in (401, 403)
+    assert http.get("/v1/Not-A-Code/collections", headers=auth()).status_code == 403
+
+
+def test_organisations_are_isolated(http):
+    assert http.get("/v1/bbc/collections", headers=auth("bbc")).json() == []
+    unknown = http.get("/v1/bbc/collections/articles/similar", params={"ids": ["d1"]},
+                       headers=auth("bbc"))
+    assert unknown.status_code == 404
+
+
+def test_one_client_per_organisation_is_reused(app, http):
+    organisations = app.state.organisations
+    first = organisations.client("ltlrt")
+    for _ in range(3):
+        http.get("/v1/ltlrt/collections", headers=auth())
+    assert organisations.client("ltlrt") is first
+
+
+@pytest.mark.parametrize("request_args,status,fragment", [
+    (("GET", "/v1/ltlrt/collections/nope/similar", {"params": {"ids": ["d1"]}}), 404,
+     "collection 'nope' does not exist"),
+    (("GET", "/v1/ltlrt/collections/articles/similar", {"params": {"ids": ["zz"]}}), 404,
+     "'zz'"),
+    (("GET", "/v1/ltlrt/collections/articles/similar",
+      {"params": {"ids": ["d1"], "filter": "language = 'fr'"}}), 400, "filter_expr"),
+    (("POST", "/v1/ltlrt/collections/articles/similar",
+      {"json": {"ids": ["d1"], "filter": "no_such_field > 3"}}), 400, "filter_expr"),
+    (("GET", "/v1/ltlrt/collections/articles/similar",
+      {"params": {"ids": ["d1"], "limit": MAX_LIMIT + 1}}), 400, "maximum of 50"),
+    (("POST", "/v1/ltlrt/collections/articles/similar",
+      {"json": {"ids": ["d1"], "limit": 10_000}}), 400, "maximum of 50"),
+    (("POST", "/v1/ltlrt/collections/articles/similar", {"json": {"ids": ["d1"], "limit": 0}}),
+     400, "limit"),
+    (("POST", "/v1/ltlrt/collections/articles/similar",
+      {"json": {"vectors": [1, 2], "limit": 3}}), 400, "dim"),
+    (("POST", "/v1/ltlrt/collections/articles/similar", {"json": {}}), 400, "exactly one"),
+    (("POST", "/v1/ltlrt/collections/articles/documents",
+      {"json": {"documents": [{"id": "", "vec": [1, 0, 0, 0]}]}}), 400, "id"),
+    (("DELETE", "/v1/ltlrt/collections/articles/documents", {"json": {}}), 400,
+     "refusing to delete everything"),
+    (("POST", "/v1/ltlrt/collections/articles/documents",
+      {"content": b'{"documents": [', "headers": {"content-type": "application/json"}}), 422,
+     "JSON decode error"),
+    (("POST", "/v1/ltlrt/collections/articles/similar",
+      {"content": b'{"vectors": [NaN, 0, 0, 0]}',
+       "headers": {"content-type": "application/json"}}), 400, "NaN"),
+    (("POST", "/v1/ltlrt/collections/articles/similar", {"json": {"idz": ["d1"]}}), 422,
+     "idz"),
+    (("POST", "/v1/ltlrt/collections/articles/similar", {"json": ["d1"]}), 422, "body"),
+    (("GET", "/v1/ltlrt/collections/articles/similar", {"params": {"ids": ["d1"],
+                                                                    "limit": "many"}}), 422,
+     "limit"),
+    (("PUT", "/v1/ltlrt/collections/bad%20name", {"json": SCHEMA}), 400, "'bad name' is invalid"),
+    (("POST", "/v1/ltlrt/collections/articles/documents",
+      {"content": b"x" * (MAX_BODY + 1), "headers": {"content-type": "application/json"}}),
+     413, "maximum of 200000 bytes"),
+])
+def test_client_errors_get_a_4xx_json_body_never_a_500(http, request_args, status, fragment):
+    method, url, kwargs = request_args
+    headers = {**auth(), **kwargs.pop("headers", {})}
+    response = http.request(method, url, headers=headers, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert fragment in body["detail"]
+    assert "Traceback" not in response.text
+
+
+def test_streamed_body_over_the_maximum_is_413(http):
+    def chunks():
+        for _ in range(5):
+            yield b" " * (MAX_BODY // 4)
+
+    response = http.post("/v1/ltlrt/collections/articles/documents", content=chunks(),
+                         headers={**auth(), "content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"] == "body_too_large"
+
+
+def test_tokens_never_appear_in_logs_or_responses(http, caplog):
+    with caplog.at_level(logging.DEBUG):
+        responses = [
+            http.get("/v1/ltlrt/collections", headers=auth()),
+            http.get("/v1/ltlrt/collections", headers=auth("bbc")),
+            http.get("/v1/ltlrt/collections/nope", headers=auth()),
+        ]
+    for token in TOKENS.values():
+        assert token not in caplog.text
+        assert all(token not in r.text for r in responses)
+
+
+def test_openapi_document_validates_and_lists_every_route(http):
+    from openapi_spec_validator import validate
+
+    document = http.get("/openapi.json").json()
+    validate(document)
+    routes = {(method.upper(), path) for path, item in document["paths"].items()
+              for method in item}
+    assert routes == {
+        ("GET", "/health"), ("GET", "/ready"),
+        ("GET", "/v1/{codops}/collections"),
+        ("GET", "/v1/{codops}/collections/{name}"),
+        ("PUT", "/v1/{codops}/collections/{name}"),
+        ("GET", "/v1/{codops}/collections/{name}/similar"),
+        ("POST", "/v1/{codops}/collections/{name}/similar"),
+        ("GET", "/v1/{codops}/collections/{name}/documents"),
+        ("POST", "/v1/{codops}/collections/{name}/documents"),
+        ("DELETE", "/v1/{codops}/collections/{name}/documents"),
+    }
+    assert "HTTPBearer" in document["components"]["securitySchemes"]
+    assert http.get("/docs").status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_uvicorn_process(tmp_path):
+    """`lookalike serve` in its own process, called over TCP with httpx."""
+    port = _free_port()
+    env = {**os.environ, **ENVIRON, "LOOKALIKE_DATA_DIR": str(tmp_path / "data"),
+           "CODOPS": "ltlrt"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("lookalike")), "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for _ in range(300):  # bounded wait for the port to answer
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert client.get("/ready").json() == {"status": "ready"}
+            created = client.put("/v1/ltlrt/collections/live", json=SCHEMA, headers=auth())
+            assert created.status_code == 201
+            assert client.post("/v1/ltlrt/collections/live/documents",
+                               json={"documents": _docs(10)}, headers=auth()
+                               ).json() == {"indexed": 10}
+            hits = client.get("/v1/ltlrt/collections/live/similar",
+                              params={"ids": ["d4"], "limit": 3}, headers=auth()).json()
+            assert hits[0]["id"] == "d4" and len(hits) == 3
+            assert client.get("/v1/ltlrt/collections").status_code == 401
+            assert client.get("/v1/ltlrt/collections", headers=auth("bbc")).status_code == 403
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=60)
+    for token in TOKENS.values():
+        assert token not in output
