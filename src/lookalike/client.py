@@ -126,12 +126,10 @@ class Client:
 
     def has_collection(self, name: str) -> bool:
         validate_name(name)
-        with self.engine.errors("list collections"):
-            return bool(self.engine.milvus.has_collection(name))
+        return bool(self.engine.read("list collections", self.engine.milvus.has_collection, name))
 
     def list_collections(self) -> list[str]:
-        with self.engine.errors("list collections"):
-            return sorted(self.engine.milvus.list_collections())
+        return sorted(self.engine.read("list collections", self.engine.milvus.list_collections))
 
     def drop_collection(self, name: str) -> bool:
         """Drop a collection and its documents; False if there was none."""
@@ -204,22 +202,22 @@ class Client:
     def _load(self, name: str) -> None:
         """Load a collection into memory once: a reopened collection is released until loaded."""
         milvus = self.engine.milvus
-        with self.engine.errors(f"load {name!r}"):
-            state = milvus.get_load_state(name).get("state")
-            if getattr(state, "name", str(state)) != "Loaded":
+        state = self.engine.read(f"load {name!r}", milvus.get_load_state, name).get("state")
+        if getattr(state, "name", str(state)) != "Loaded":
+            with self.engine.errors(f"load {name!r}"):
                 milvus.load_collection(name)
 
     def _read_spec(self, name: str) -> CollectionSpec:
-        milvus = self.engine.milvus
-        with self.engine.errors(f"describe {name!r}"):
-            description = milvus.describe_collection(name)
-            stored = (description.get("properties") or {}).get(SPEC_PROPERTY)
-            if stored:
-                return spec_loads(stored)
-            indexes = {}
-            for index_name in milvus.list_indexes(name):
-                info = milvus.describe_index(name, index_name)
-                indexes[info.get("field_name", index_name)] = info
+        milvus, read = self.engine.milvus, self.engine.read
+        action = f"describe {name!r}"
+        description = read(action, milvus.describe_collection, name)
+        stored = (description.get("properties") or {}).get(SPEC_PROPERTY)
+        if stored:
+            return spec_loads(stored)
+        indexes = {}
+        for index_name in read(action, milvus.list_indexes, name):
+            info = read(action, milvus.describe_index, name, index_name)
+            indexes[info.get("field_name", index_name)] = info
         return spec_from_description(description, indexes)
 
     def _reconcile(self, name: str, requested: CollectionSpec, model: Any) -> Collection:

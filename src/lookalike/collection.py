@@ -110,10 +110,8 @@ class Collection:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), IDS_PER_QUERY):
             batch = ids[start : start + IDS_PER_QUERY]
-            with self.engine.errors(f"read {self.name!r}"):
-                rows = self.engine.milvus.query(
-                    self.name, filter=id_filter(batch), output_fields=fields, **self.read_options
-                )
+            rows = self.engine.read(f"read {self.name!r}", self.engine.milvus.query, self.name,
+                                    filter=id_filter(batch), output_fields=fields, **self.read_options)
             for row in rows:
                 found[row[ID_FIELD]] = _plain(row, fields)
         return [found[i] for i in dict.fromkeys(ids) if i in found]
@@ -172,8 +170,8 @@ class Collection:
 
     def _count(self, expr: str, filter_expr: str | None) -> int:
         try:
-            with self.engine.errors(f"count {self.name!r}"):
-                rows = self.engine.milvus.query(self.name, filter=expr, output_fields=["count(*)"], **self.read_options)
+            rows = self.engine.read(f"count {self.name!r}", self.engine.milvus.query, self.name, filter=expr,
+                                    output_fields=["count(*)"], **self.read_options)
         except InvalidInputError as exc:
             if filter_expr:
                 raise InvalidInputError(f"filter_expr {filter_expr!r} was rejected: {exc}") from None

@@ -70,6 +70,7 @@ class Settings:
     password: Secret = field(default_factory=lambda: Secret(""))
     uri: str = ""
     data_dir: Path = field(default_factory=default_data_dir)
+    retry_seconds: float = 30.0  # how long reads retry while a server is unavailable
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codops", validate_codops(self.codops))
@@ -95,9 +96,16 @@ class Settings:
         if uri is None:
             uri = env.get("LOOKALIKE_MILVUS_URI", "")
         data_dir = overrides.pop("data_dir", None) or env.get("LOOKALIKE_DATA_DIR") or default_data_dir()
+        retry = overrides.pop("retry_seconds", None)
+        retry = env.get("LOOKALIKE_RETRY_SECONDS", "30") if retry is None else retry
         if overrides:
             raise InvalidInputError(f"unknown setting(s): {', '.join(sorted(overrides))}")
-        return cls(codops=codops, password=Secret(str(password)), uri=str(uri), data_dir=Path(str(data_dir)))
+        try:
+            retry_seconds = float(retry)
+        except ValueError:
+            raise InvalidInputError(f"LOOKALIKE_RETRY_SECONDS must be a number of seconds, not {retry!r}") from None
+        return cls(codops=codops, password=Secret(str(password)), uri=str(uri), data_dir=Path(str(data_dir)),
+                   retry_seconds=retry_seconds)
 
 
 def password_variable(codops: str) -> str:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
@@ -27,6 +29,7 @@ from .errors import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Milvus Lite keeps its data in a directory that pymilvus opens from a URI ending in ".db".
 LITE_FILE = "milvus.db"
@@ -73,6 +76,22 @@ class Engine:
             raise
         except Exception as exc:  # noqa: BLE001 - every engine failure is translated here
             raise translate(exc, action, self.settings, self.location) from None
+
+    def read(self, action: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run an idempotent read; while the engine is unavailable, retry with backoff for at
+        most ``settings.retry_seconds``, so a server restart does not need a client restart."""
+        deadline = time.monotonic() + self.settings.retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                with self.errors(action):
+                    return call(*args, **kwargs)
+            except EngineUnavailableError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("Milvus at %s is unavailable (%s); retrying in %.1f s", self.location, action, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

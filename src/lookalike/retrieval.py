@@ -146,18 +146,19 @@ class SimilarQuery:
         params = search_params_for(self.spec, search_params)
         engine = self.collection.engine
         try:
-            with engine.errors(f"search {self.collection.name!r}"):
-                hits = engine.milvus.search(
-                    self.collection.name,
-                    data=queries,
-                    filter=expr,
-                    limit=limit,
-                    # Never []: Milvus Lite reads [] as "every field" and ships each hit's vector.
-                    output_fields=fields or [ID_FIELD],
-                    search_params=params,
-                    anns_field=VECTOR_FIELD,
-                    **self.collection.read_options,
-                )
+            hits = engine.read(
+                f"search {self.collection.name!r}",
+                engine.milvus.search,
+                self.collection.name,
+                data=queries,
+                filter=expr,
+                limit=limit,
+                # Never []: Milvus Lite reads [] as "every field" and ships each hit's vector.
+                output_fields=fields or [ID_FIELD],
+                search_params=params,
+                anns_field=VECTOR_FIELD,
+                **self.collection.read_options,
+            )
         except InvalidInputError as exc:
             if filter_expr:
                 raise InvalidInputError(f"filter_expr {filter_expr!r} was rejected: {exc}") from None
