@@ -329,3 +329,11 @@ def test_real_subprocess(tmp_path):
     assert failed.returncode == 3
     assert failed.stderr.strip().splitlines() == [
         "Error: collection 'nowhere' does not exist for organisation 'ltlrt'"]
+    # while this process holds the embedded data directory, the command cannot open it
+    from lookalike import Client
+
+    with Client(codops="ltlrt", data_dir=tmp_path / "data"):
+        held = lookalike("count", "sub")
+    assert held.returncode == 5
+    assert len(held.stderr.splitlines()) == 1
+    assert held.stderr.startswith("Error: cannot open the embedded Milvus data directory")

@@ -116,8 +116,9 @@ def _options(
     The organisation, its Milvus password (CODOPS_<CODE>_MILVUS_PASSWORD) and where Milvus lives
     come from the environment; the options override it.
     """
-    # pymilvus logs failed calls with their traceback; the error reaches the user as one line.
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    # pymilvus and milvus_lite log failures with their traceback; the user gets one line.
+    for engine_logger in ("pymilvus", "milvus_lite"):
+        logging.getLogger(engine_logger).setLevel(logging.CRITICAL)
     session = _Session(codops, uri, data_dir)
     ctx.obj = session
     ctx.call_on_close(session.close)
