@@ -239,6 +239,26 @@ def test_tokens_never_appear_in_logs_or_responses(http, caplog):
         assert all(token not in r.text for r in responses)
 
 
+def test_library_calls_run_in_the_threadpool(app):
+    """Every endpoint, and every dependency of ours, is a plain function: FastAPI runs those in
+    its threadpool, so the library's blocking calls never hold the event loop."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    def ours(dependant):
+        for dependency in dependant.dependencies:
+            if inspect.isfunction(dependency.call):  # HTTPBearer's parsing is async and brief
+                yield dependency.call
+            yield from ours(dependency)
+
+    routes = [r for r in app.routes if isinstance(r, APIRoute)]
+    assert len(routes) == 10
+    for route in routes:
+        for call in (route.endpoint, *ours(route.dependant)):
+            assert not inspect.iscoroutinefunction(call), f"{route.path}: {call.__name__}"
+
+
 def test_openapi_document_validates_and_lists_every_route(http):
     from openapi_spec_validator import validate
 

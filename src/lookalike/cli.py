@@ -224,10 +224,8 @@ def drop_collection(
     if not yes:
         typer.confirm(f"Drop collection {name!r} and all its documents?", abort=True, err=True)
     dropped = _client(ctx).drop_collection(name)
-    if as_json:
-        _print_json({"dropped": dropped})
-    else:
-        out.print(f"Dropped {name!r}." if dropped else f"No collection {name!r}; nothing dropped.")
+    _report(as_json, {"dropped": dropped},
+            f"Dropped {name!r}." if dropped else f"No collection {name!r}; nothing dropped.")
 
 
 # -- documents -----------------------------------------------------------------------------------
@@ -257,10 +255,7 @@ def index(
     with _Progress(f"indexing {file.name}", fileio.count_rows(file, format)) as advance:
         written = collection.index(_counted(batches, advance), normalize=normalize,
                                    upsert=upsert, progress=False)
-    if as_json:
-        _print_json({"indexed": written})
-    else:
-        out.print(f"Indexed {_documents(written)} into {name!r}.")
+    _report(as_json, {"indexed": written}, f"Indexed {_documents(written)} into {name!r}.")
 
 
 @app.command("get")
@@ -315,10 +310,7 @@ def delete(
 ) -> None:
     """Delete documents by id and/or filter."""
     deleted = _client(ctx).delete_documents(name, ids=id or None, filter_expr=filter)
-    if as_json:
-        _print_json({"deleted": deleted})
-    else:
-        out.print(f"Deleted {_documents(deleted)} from {name!r}.")
+    _report(as_json, {"deleted": deleted}, f"Deleted {_documents(deleted)} from {name!r}.")
 
 
 @app.command("count")
@@ -331,10 +323,7 @@ def count(
 ) -> None:
     """Print how many documents a collection holds."""
     number = _client(ctx).count(name, filter)
-    if as_json:
-        _print_json({"count": number})
-    else:
-        out.print(number)
+    _report(as_json, {"count": number}, str(number))
 
 
 # -- export and import ---------------------------------------------------------------------------
@@ -357,13 +346,11 @@ def export(
     header = {"collection": name, "spec": collection.spec.to_json(), "count": total}
     with fileio.open_writer(file, header, format) as writer, \
             _Progress(f"exporting {name}", total) as advance:
-        for batch in _chunked(collection.iterate(batch_size=batch_size), batch_size):
+        for batch in fileio.batched(collection.iterate(batch_size=batch_size), batch_size):
             writer.write(batch)
             advance(len(batch))
-    if as_json:
-        _print_json({"exported": writer.rows, "file": str(file)})
-    else:
-        out.print(f"Exported {_documents(writer.rows)} of {name!r} to {file}.")
+    _report(as_json, {"exported": writer.rows, "file": str(file)},
+            f"Exported {_documents(writer.rows)} of {name!r} to {file}.")
 
 
 @app.command("import")
@@ -387,10 +374,8 @@ def import_(
         # Stored vectors are imported as they are: normalising again could change their bits.
         written = collection.index(_counted(batches, advance), normalize=False, upsert=True,
                                    progress=False)
-    if as_json:
-        _print_json({"imported": written, "collection": name})
-    else:
-        out.print(f"Imported {_documents(written)} into {name!r}.")
+    _report(as_json, {"imported": written, "collection": name},
+            f"Imported {_documents(written)} into {name!r}.")
 
 
 # -- service -------------------------------------------------------------------------------------
@@ -462,17 +447,6 @@ def _load_json(path: Path) -> Any:
         raise _fail(f"{path} is not valid JSON: {error}") from None
 
 
-def _chunked(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
-    chunk: list[dict] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def _counted(batches: Iterable[list[dict]], advance: Any) -> Iterator[dict]:
     """The documents of ``batches``, one at a time, moving the progress bar per batch."""
     for batch in batches:
@@ -500,6 +474,14 @@ class _Progress:
 
 def _documents(n: int) -> str:
     return f"{n} document{'' if n == 1 else 's'}"
+
+
+def _report(as_json: bool, data: Any, message: str) -> None:
+    """JSON for scripts, or a sentence for people."""
+    if as_json:
+        _print_json(data)
+    else:
+        out.print(message)
 
 
 def _print_json(data: Any) -> None:

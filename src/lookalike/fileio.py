@@ -74,7 +74,7 @@ def read_batches(
     field_types: Mapping[str, str] | None = None,
     rename: Mapping[str, str] | None = None,
 ) -> Iterator[list[dict]]:
-    """Yield the file's documents in lists of at most ``batch_size``, holding one list at a time.
+    """The file's documents in lists of at most ``batch_size``, read lazily, one list at a time.
 
     Args:
         field_types: field name -> type name (as in a collection spec). CSV cells are strings, so
@@ -87,13 +87,19 @@ def read_batches(
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}")
     fmt = detect_format(path, format)
-    rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[fmt]
+    rows = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[fmt](
+        path, dict(field_types or {}), batch_size)
+    if rename:
+        rows = ({rename.get(k, k): v for k, v in row.items()} for row in rows)
+    return batched(rows, batch_size)
+
+
+def batched(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Lists of at most ``size`` items, holding one list at a time."""
     batch: list[dict] = []
-    for row in rows(path, dict(field_types or {}), batch_size):
-        if rename:
-            row = {rename.get(k, k): v for k, v in row.items()}
-        batch.append(row)
-        if len(batch) == batch_size:
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
             yield batch
             batch = []
     if batch:
