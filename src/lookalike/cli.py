@@ -20,6 +20,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from . import fileio
+from .client import Client
+from .config import Settings
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -78,21 +80,16 @@ class _Session:
 
     def __init__(self, codops: str | None, uri: str | None, data_dir: Path | None) -> None:
         self.overrides = {"codops": codops, "uri": uri, "data_dir": data_dir}
-        self._client: Any = None
+        self._client: Client | None = None
+
+    def settings(self) -> Settings:
+        return Settings.from_env(**self.overrides)
 
     @property
-    def client(self) -> Any:
+    def client(self) -> Client:
         if self._client is None:
-            from .client import Client
-            from .config import Settings
-
-            self._client = Client(Settings.from_env(**self.overrides))
+            self._client = Client(self.settings())
         return self._client
-
-    def settings(self) -> Any:
-        from .config import Settings
-
-        return Settings.from_env(**self.overrides)
 
     def close(self) -> None:
         if self._client is not None:
@@ -124,7 +121,7 @@ def _options(
     ctx.call_on_close(session.close)
 
 
-def _client(ctx: typer.Context) -> Any:
+def _client(ctx: typer.Context) -> Client:
     return ctx.ensure_object(_Session).client
 
 
