@@ -74,6 +74,21 @@ def test_ready_is_503_when_milvus_cannot_be_opened(tmp_path):
     assert response.json()["error"] == "not_ready"
 
 
+def test_a_given_client_is_served_and_left_open(tmp_path):
+    from lookalike import Client
+
+    with Client(codops="ltlrt", data_dir=tmp_path) as client:
+        client.create_collection("given", dim=4)
+        app = create_app(client, environ={**ENVIRON, "LOOKALIKE_HTTP_MAX_LIMIT": "3"})
+        with TestClient(app, raise_server_exceptions=False) as http:
+            assert http.get("/v1/ltlrt/collections", headers=auth()).json() == ["given"]
+            assert app.state.organisations.client("ltlrt") is client
+            over = http.post("/v1/ltlrt/collections/given/similar",
+                             json={"vectors": [1, 0, 0, 0], "limit": 4}, headers=auth())
+            assert over.status_code == 400 and "maximum of 3" in over.json()["detail"]
+        assert client.list_collections() == ["given"]  # the app did not close it
+
+
 def test_put_collection_is_idempotent_and_conflicts_on_another_schema(http):
     again = http.put("/v1/ltlrt/collections/articles", json=SCHEMA, headers=auth())
     assert again.status_code == 200

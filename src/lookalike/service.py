@@ -28,7 +28,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .client import Client
-from .collection import Collection
 from .config import Secret, Settings, password_variable, validate_codops
 from .errors import (
     AuthenticationError,
@@ -78,6 +77,7 @@ class Organisations:
         self.settings = settings
         self.environ = environ
         self._clients: dict[str, Client] = dict(clients or {})
+        self._given = set(self._clients)  # the caller's to close, not ours
         self._lock = threading.Lock()
 
     def client(self, codops: str) -> Client:
@@ -102,9 +102,10 @@ class Organisations:
 
     def close(self) -> None:
         with self._lock:
-            for client in self._clients.values():
-                with contextlib.suppress(LookalikeError):
-                    client.close()
+            for code, client in self._clients.items():
+                if code not in self._given:
+                    with contextlib.suppress(LookalikeError):
+                        client.close()
             self._clients.clear()
 
 
@@ -161,7 +162,7 @@ class _JSON(JSONResponse):
 # -- request bodies (their JSON Schema is the OpenAPI document's) --------------------------------
 
 class CollectionSchema(BaseModel):
-    """The JSON shape of ``Collection.spec()``; ``create_collection`` validates it."""
+    """The JSON shape of ``Collection.spec.to_json()``; ``create_collection`` validates it."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "dim": 768,
@@ -223,7 +224,8 @@ def create_app(
     """The HTTP service.
 
     Args:
-        client: an open Client to serve for its own organisation (others open lazily).
+        client: an open Client to serve for its own organisation (others open lazily); the
+            caller closes it.
         settings: the URI and data directory every organisation's Client uses (default: from
             the environment).
         max_limit: the largest ``limit`` accepted (``LOOKALIKE_HTTP_MAX_LIMIT``, default 1000).
@@ -234,9 +236,9 @@ def create_app(
     """
     env = os.environ if environ is None else environ
     settings = settings or (client.settings if client else Settings.from_env(env))
-    max_limit = max_limit or int(env.get("LOOKALIKE_HTTP_MAX_LIMIT") or DEFAULT_MAX_LIMIT)
-    max_body_bytes = max_body_bytes or int(
-        env.get("LOOKALIKE_HTTP_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES)
+    max_limit = max_limit or _positive(env, "LOOKALIKE_HTTP_MAX_LIMIT", DEFAULT_MAX_LIMIT)
+    max_body_bytes = max_body_bytes or _positive(env, "LOOKALIKE_HTTP_MAX_BODY_BYTES",
+                                                 DEFAULT_MAX_BODY_BYTES)
     organisations = Organisations(
         settings, env, {client.settings.codops: client} if client is not None else None)
 
@@ -280,9 +282,6 @@ def create_app(
     Org = Annotated[Client, Depends(organisation)]
     Name = Annotated[str, Path(description="collection name")]
 
-    def open_collection(client: Client, name: str) -> Collection:
-        return client.collection(name)
-
     def check_limit(limit: int) -> int:
         if limit > max_limit:
             raise InvalidInputError(f"limit {limit} is over this service's maximum of {max_limit}")
@@ -310,7 +309,7 @@ def create_app(
     @app.get("/v1/{codops}/collections/{name}", tags=["collections"])
     def describe(client: Org, name: Name) -> dict[str, Any]:
         """The collection's schema, indexes and document count."""
-        return open_collection(client, name).describe()
+        return client.collection(name).describe()
 
     @app.put("/v1/{codops}/collections/{name}", tags=["collections"],
              responses={201: {"description": "created"},
@@ -333,14 +332,14 @@ def create_app(
         output_fields: Annotated[list[str] | None, Query(description="fields to return")] = None,
     ) -> list[dict[str, Any]]:
         """The documents most similar to stored ``ids``, best first."""
-        return open_collection(client, name).similar(
+        return client.collection(name).similar(
             ids=ids, filter_expr=filter, limit=check_limit(limit), exclude_ids=exclude_ids,
             output_fields=output_fields)
 
     @app.post("/v1/{codops}/collections/{name}/similar", tags=["similar"])
     def similar(client: Org, name: Name, query: SimilarRequest) -> list[dict[str, Any]]:
         """The documents most similar to ids, vectors or texts, best first."""
-        return open_collection(client, name).similar(
+        return client.collection(name).similar(
             ids=query.ids, vectors=query.vectors, texts=query.texts, filter_expr=query.filter,
             limit=check_limit(query.limit), exclude_ids=query.exclude_ids,
             output_fields=query.output_fields, search_params=query.search_params)
@@ -353,22 +352,29 @@ def create_app(
         output_fields: Annotated[list[str] | None, Query(description="fields to return")] = None,
     ) -> list[dict[str, Any]]:
         """Stored documents in the order of ``ids``; missing ids are left out."""
-        return open_collection(client, name).get(ids, output_fields=output_fields)
+        return client.collection(name).get(ids, output_fields=output_fields)
 
     @app.post("/v1/{codops}/collections/{name}/documents", tags=["documents"])
     def index_documents(client: Org, name: Name, body: IndexRequest) -> dict[str, int]:
         """Index documents (upsert by id unless ``upsert`` is false)."""
-        count = open_collection(client, name).index(
+        count = client.collection(name).index(
             body.documents, normalize=body.normalize, upsert=body.upsert)
         return {"indexed": count}
 
     @app.delete("/v1/{codops}/collections/{name}/documents", tags=["documents"])
     def delete_documents(client: Org, name: Name, body: DeleteRequest) -> dict[str, int]:
         """Delete documents by ``ids`` or by ``filter``."""
-        return {"deleted": open_collection(client, name).delete(ids=body.ids,
+        return {"deleted": client.collection(name).delete(ids=body.ids,
                                                                  filter_expr=body.filter)}
 
     return app
+
+
+def _positive(env: Mapping[str, str], variable: str, default: int) -> int:
+    value = env.get(variable) or str(default)
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidInputError(f"{variable} must be a positive integer, not {value!r}")
+    return int(value)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
