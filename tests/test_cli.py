@@ -308,6 +308,36 @@ def test_every_command_and_option_is_in_docs_cli_md():
                     assert option in section, f"docs/cli.md: {title} does not mention {option}"
 
 
+def _documented_session() -> list[tuple[str, str]]:
+    """(command, output) pairs of the console block under '## A session' in docs/cli.md."""
+    section = DOCS_CLI.read_text(encoding="utf-8").split("## A session", 1)[1]
+    block = section.split("```console\n", 1)[1].split("```", 1)[0]
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    return [(command, "\n".join(lines).strip("\n")) for command, lines in steps]
+
+
+def test_the_documented_session_gives_the_documented_output(tmp_path):
+    steps = _documented_session()
+    assert steps[0][0].startswith("export CODOPS=ltlrt LOOKALIKE_DATA_DIR=")
+    env = {**os.environ, "CODOPS": "ltlrt", "LOOKALIKE_DATA_DIR": str(tmp_path / "data"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "COLUMNS": "80"}
+    for command, expected in steps[1:]:
+        if command == "cat articles.jsonl":  # the input file is the one the page shows
+            (tmp_path / "articles.jsonl").write_text(expected + "\n", encoding="utf-8")
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=300)
+        output = (done.stdout + done.stderr).strip("\n")
+        if done.returncode:
+            output += f"\n(exit {done.returncode})"
+        assert output == expected, f"docs/cli.md: `{command}` printed:\n{output}"
+
+
 def test_real_subprocess(tmp_path):
     executable = Path(sys.executable).with_name("lookalike")
     env = {**os.environ, "LOOKALIKE_DATA_DIR": str(tmp_path / "data"), "CODOPS": "ltlrt"}
