@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from docs_session import DOCS, documented_session
 from typer.testing import CliRunner
 
 from lookalike.cli import app
 
-DOCS_CLI = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+DOCS_CLI = DOCS / "cli.md"
 FIELDS = ["--field", "language:varchar:16", "--field", "year:int64", "--field", "extra:json"]
 
 
@@ -308,21 +309,8 @@ def test_every_command_and_option_is_in_docs_cli_md():
                     assert option in section, f"docs/cli.md: {title} does not mention {option}"
 
 
-def _documented_session() -> list[tuple[str, str]]:
-    """(command, output) pairs of the console block under '## A session' in docs/cli.md."""
-    section = DOCS_CLI.read_text(encoding="utf-8").split("## A session", 1)[1]
-    block = section.split("```console\n", 1)[1].split("```", 1)[0]
-    steps: list[tuple[str, list[str]]] = []
-    for line in block.splitlines():
-        if line.startswith("$ "):
-            steps.append((line[2:], []))
-        else:
-            steps[-1][1].append(line)
-    return [(command, "\n".join(lines).strip("\n")) for command, lines in steps]
-
-
 def test_the_documented_session_gives_the_documented_output(tmp_path):
-    steps = _documented_session()
+    steps = documented_session("cli.md")
     assert steps[0][0].startswith("export CODOPS=ltlrt LOOKALIKE_DATA_DIR=")
     env = {**os.environ, "CODOPS": "ltlrt", "LOOKALIKE_DATA_DIR": str(tmp_path / "data"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from docs_session import documented_session
 from fastapi.testclient import TestClient
 
 from lookalike.config import Settings
@@ -302,23 +304,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_real_uvicorn_process(tmp_path):
-    """`lookalike serve` in its own process, called over TCP with httpx."""
-    port = _free_port()
-    env = {**os.environ, **ENVIRON, "LOOKALIKE_DATA_DIR": str(tmp_path / "data"),
-           "CODOPS": "ltlrt"}
+def _serve(port: int, data_dir: Path, environ: dict[str, str]) -> subprocess.Popen:
+    """`lookalike serve` in its own process; returns once /health answers (bounded wait)."""
+    env = {**os.environ, **environ, "LOOKALIKE_DATA_DIR": str(data_dir), "CODOPS": "ltlrt"}
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("lookalike")), "serve", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.kill()
+    raise AssertionError(f"lookalike serve did not answer: {server.communicate()[0]}")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_documented_curl_session_gives_the_documented_output(tmp_path):
+    port = _free_port()
+    tokens = {"CODOPS_LTLRT_API_TOKEN": "doc-token-a", "CODOPS_BBC_API_TOKEN": "doc-token-b"}
+    server = _serve(port, tmp_path / "data", tokens)
+    env = {**os.environ, "TOKEN": "doc-token-a", "BBC_TOKEN": "doc-token-b"}
     try:
-        with httpx.Client(base_url=base, timeout=60) as client:
-            for _ in range(300):  # bounded wait for the port to answer
-                try:
-                    if client.get("/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+        for command, expected in documented_session("http.md"):
+            command = command.replace("127.0.0.1:8765", f"127.0.0.1:{port}")
+            done = subprocess.run(["bash", "-c", command], env=env, text=True,
+                                  capture_output=True, timeout=120)
+            assert done.stdout.strip("\n") == expected, f"docs/http.md: `{command}`"
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
+
+
+def test_real_uvicorn_process(tmp_path):
+    """`lookalike serve` in its own process, called over TCP with httpx."""
+    port = _free_port()
+    server = _serve(port, tmp_path / "data", ENVIRON)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             assert client.get("/ready").json() == {"status": "ready"}
             created = client.put("/v1/ltlrt/collections/live", json=SCHEMA, headers=auth())
             assert created.status_code == 201
