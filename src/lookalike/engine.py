@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,21 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class _QuietWhileTranslating(logging.Filter):
+    """Drops pymilvus's own error log (a traceback per failed call) for failures that lookalike
+    turns into an exception of its own: the caller sees one clear error, not both."""
+
+    depth = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.depth, "value", 0)
+
+
+_quiet = _QuietWhileTranslating()
+for _name in ("pymilvus.decorators", "pymilvus.client.iterator.query_iterator"):
+    logging.getLogger(_name).addFilter(_quiet)
 
 # Milvus Lite keeps its data in a directory that pymilvus opens from a URI ending in ".db".
 LITE_FILE = "milvus.db"
@@ -70,12 +86,15 @@ class Engine:
     @contextlib.contextmanager
     def errors(self, action: str) -> Iterator[None]:
         """Run an engine call, raising lookalike errors (never a pymilvus or grpc one)."""
+        _quiet.depth.value = getattr(_quiet.depth, "value", 0) + 1
         try:
             yield
         except LookalikeError:
             raise
         except Exception as exc:  # noqa: BLE001 - every engine failure is translated here
             raise translate(exc, action, self.settings, self.location) from None
+        finally:
+            _quiet.depth.value -= 1
 
     def read(self, action: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run an idempotent read; while the engine is unavailable, retry with backoff for at
