@@ -13,6 +13,9 @@ from pymilvus import DataType, FieldSchema
 
 from lookalike import Client
 
+# A real Milvus server for tests marked `server` (skipped without the milvus==2.3.5 wheel).
+pytest_plugins = ["server_fixture"]
+
 # Keep any test from touching the user's real data directory or organisation.
 for variable in [v for v in os.environ if v.startswith("CODOPS") or v.startswith("LOOKALIKE_")]:
     del os.environ[variable]
