@@ -29,7 +29,7 @@ def main(results_json: Path, png: Path) -> None:
                 if not points:  # no knob: one point at its only setting
                     points = [{"recall": r["fr_recall" if filtered else "recall_single"],
                                "qps_single": r["fr_qps_single" if filtered else "qps_single"], "param": None}]
-                points.sort(key=lambda p: p["qps_single"])
+                points.sort(key=lambda p: p["param"] or 0)
                 ax.plot([p["qps_single"] for p in points], [p["recall"] for p in points], marker="o", label=r["system"])
                 for p in points:
                     if p["param"] is not None:

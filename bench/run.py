@@ -31,11 +31,12 @@ import data  # noqa: E402
 from systems import SYSTEMS  # noqa: E402
 
 FULL_ORDER = [
-    "lookalike", "pymilvus-lite", "pymilvus-lite-unpatched", "lite25-ivf", "lite25-flat",
+    "lookalike", "pymilvus-lite", "pymilvus-lite-unpatched", "pymilvus-lite-1seg", "lite25-ivf", "lite25-flat",
     "milvus-server", "faiss-hnsw", "numpy", "chroma", "lancedb", "qdrant",
 ]
 QUICK_ORDER = ["lookalike", "pymilvus-lite", "numpy"]
-MAX_SIZE = {"qdrant": 10_000}  # Qdrant's local mode ingests ~120 vectors/s: 100k would take 15 min
+# Qdrant's local mode ingests ~120 vectors/s (100k would take 15 min); Lite 2.5 FLAT is brute force.
+MAX_SIZE = {"qdrant": 10_000, "lite25-flat": 10_000}
 COLUMNS = [
     ("system", "system"), ("n", "n"), ("ingest_vps", "ingest vec/s"), ("searchable_s", "searchable s"),
     ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("batch_qps", "batch QPS"), ("recall", "recall@10"),
@@ -64,7 +65,8 @@ def run_one(key: str, size: int, quick: bool, workroot: Path, timeout: float) ->
            "--workdir", str(workdir), "--out", str(out)] + (["--quick"] if quick else [])
     began = time.time()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        env = {**os.environ, **SYSTEMS[key].env}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"key": key, "system": SYSTEMS[key].name, "n": size, "error": f"timed out after {timeout:.0f} s"}
     finally:

@@ -28,6 +28,7 @@ class System:
     sweep: list[int] = []
     venv = ".venv"  # the virtual environment whose python runs this system
     setup_s = 0.0  # time spent inside ingest() starting a server: not ingest time
+    env: dict[str, str] = {}  # environment of the worker process (read by engines at import)
 
     def __init__(self, workdir: Path, dim: int, n: int) -> None:
         self.workdir = workdir
@@ -204,6 +205,17 @@ class PymilvusLiteUnpatched(PymilvusLite):
     name = "pymilvus + Lite 3.2.2 (unpatched)"
     patched = False
     sweep = [16, 64, 256]  # each point costs ~60 ms a query at 100k
+
+
+class PymilvusLiteOneSegment(PymilvusLite):
+    """Lite 3.2.2 with memtable and WAL budgets above the data size: one flush, one segment.
+
+    Milvus Lite searches each segment's HNSW graph in turn, so fewer segments mean fewer graph
+    searches per query; segments are cut when the memtable (128 MB) or the WAL (256 MB) fills.
+    """
+
+    name = "pymilvus + Lite 3.2.2 (patched, 1 segment)"
+    env = {"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(2 << 30), "MILVUS_LITE_WAL_SIZE_LIMIT_BYTES": str(4 << 30)}
 
 
 class Lookalike(System):
@@ -487,6 +499,7 @@ SYSTEMS: dict[str, type[System]] = {
     "lookalike": Lookalike,
     "pymilvus-lite": PymilvusLite,
     "pymilvus-lite-unpatched": PymilvusLiteUnpatched,
+    "pymilvus-lite-1seg": PymilvusLiteOneSegment,
     "lite25-ivf": Lite25,
     "lite25-flat": Lite25Flat,
     "milvus-server": MilvusServer235,

@@ -133,6 +133,7 @@ def test_apply_is_idempotent_and_patches_the_engine():
     assert hasattr(engine_collection.execute_search_with_index, "__wrapped__")
     assert executor_indexed.execute_search_with_index is engine_collection.execute_search_with_index
     assert not hasattr(FaissHnswIndex.search.__wrapped__, "__wrapped__")
+    assert not hasattr(engine_collection.Collection._num_entities.__wrapped__, "__wrapped__")
 
 
 def test_other_versions_are_left_alone(monkeypatch):
@@ -175,6 +176,16 @@ def test_results_match_a_numpy_oracle(engine, expr):
             vec, lang, n = oracle.rows[h["id"]]
             assert h["entity"] == {"language": lang, "n": n}
             assert h["distance"] == pytest.approx(float(vec @ q), abs=1e-5)  # IP: similarity
+
+
+def test_row_count_matches_the_unpatched_engine_and_the_oracle(engine, monkeypatch):
+    col, oracle = engine
+    _lite_speedups.apply()
+    fast = col.num_entities
+    with monkeypatch.context() as m:
+        m.setattr(engine_collection.Collection, "_num_entities", engine_collection.Collection._num_entities.__wrapped__)
+        slow = col.num_entities
+    assert fast == slow == len(oracle.rows)
 
 
 def test_deleted_and_superseded_versions_never_come_back(engine):

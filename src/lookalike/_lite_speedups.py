@@ -6,14 +6,15 @@ primary key, not deleted): at 100k rows that is ~85% of a search, 50-75 ms, whil
 search itself takes ~1 ms. It then turns each hit's whole row, vector included, into Python
 objects even when the caller asked for ids only.
 
-This module replaces that function with one that computes the same live-row masks from what
-changes between searches only: sealed segments are immutable, so the cross-segment "newest
-version" mask is computed once per set of segments and cached; the memtable rows and the
-tombstones (usually few) are then applied key by key through each segment's ``pk_to_row``.
-Hits are materialised with only the columns the projection can use. Everything else (filters,
-per-segment FAISS search, tie-breaking, padding, projection) is the engine's own logic, kept in
-the same order, so results are identical; ``tests/test_lite_speedups.py`` checks that against
-the unpatched engine and a numpy oracle.
+This module replaces that function (and the row count, which uses the same loops) with one
+that computes the same live-row masks from what changes between searches only: sealed segments
+are immutable, so the cross-segment "newest version" mask is computed once per set of segments
+and cached; the memtable rows and the tombstones (usually few) are then applied key by key
+through each segment's ``pk_to_row``. Hits are materialised with only the columns the
+projection can use, and a filtered HNSW search gets its mask as a bitmap. Everything else
+(filters, per-segment FAISS search, tie-breaking, padding, projection) is the engine's own
+logic, kept in the same order, so results are identical; ``tests/test_lite_speedups.py``
+checks that against the unpatched engine and a numpy oracle.
 
 The patch is applied only to the Milvus Lite versions it was written and tested against, and
 could be offered upstream as a change to ``milvus_lite/search/executor_indexed.py``.
@@ -65,6 +66,10 @@ def apply() -> bool:
         executor_indexed.execute_search_with_index = fast
         engine_collection.execute_search_with_index = fast
         patched = ["search.executor_indexed.execute_search_with_index"]
+        engine_collection.Collection._num_entities = _make_fast_num_entities(
+            engine_collection.Collection._num_entities
+        )
+        patched.append("engine.collection.Collection._num_entities")
         try:
             from milvus_lite.index.faiss_hnsw import FaissHnswIndex
         except ImportError:  # faiss missing: the engine falls back to brute force anyway
@@ -360,6 +365,36 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
     execute_search_with_index.__doc__ = original.__doc__
     execute_search_with_index.__wrapped__ = original  # type: ignore[attr-defined]
     return execute_search_with_index
+
+
+# ── row count ───────────────────────────────────────────────────────────────
+
+
+def _make_fast_num_entities(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Build the replacement for ``Collection._num_entities`` (what ``count(*)`` reads).
+
+    The engine counts live rows with the same per-row Python loops as its search, after turning
+    every memtable vector into a Python list it does not use; this counts the live masks.
+    """
+
+    def _num_entities(self: Any, partition_names: list[str] | None) -> int:
+        seg_snap, delta_snap = self._read_snapshot()
+        segments = [
+            s for s in seg_snap if s.num_rows and (partition_names is None or s.partition in partition_names)
+        ]
+        # vector_field=None: rows are counted, their vectors are not needed.
+        mt_pks, mt_seqs, _vectors, _refs = self._memtable.to_search_arrays(
+            vector_field=None, partition_names=partition_names
+        )
+        live = _live_masks(segments, mt_pks, mt_seqs, delta_snap._map, self._memtable.delete_index_snapshot())
+        if live is None:
+            return original(self, partition_names)
+        seg_live, mt_live = live
+        return sum(int(m.sum()) for m in seg_live) + int(mt_live.sum())
+
+    _num_entities.__doc__ = original.__doc__
+    _num_entities.__wrapped__ = original  # type: ignore[attr-defined]
+    return _num_entities
 
 
 # ── the HNSW segment index ──────────────────────────────────────────────────
