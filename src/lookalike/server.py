@@ -232,9 +232,12 @@ class MilvusServer:
 
     def _launch(self, exe: Path, env: dict[str, str]) -> None:
         command = [str(exe), "run", "standalone"]
-        setpriv = shutil.which("setpriv")
-        if self.die_with_parent and setpriv:
-            command = [setpriv, "--pdeathsig", "KILL", "--", *command]
+        if self.die_with_parent:
+            setpriv = shutil.which("setpriv")  # util-linux
+            if setpriv:
+                command = [setpriv, "--pdeathsig", "KILL", "--", *command]
+            else:
+                log.warning("setpriv not found: the Milvus server may outlive this process (reap_orphans)")
         with open(self.data_dir / _LOG, "ab") as out:
             self._log_start = out.tell()  # the log outlives restarts: excerpts start here
             # A session of its own: a Ctrl-C in the terminal reaches the caller, which stops
