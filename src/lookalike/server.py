@@ -192,7 +192,7 @@ class MilvusServer:
         data = self.data_dir
         config = MilvusServerConfig(data_dir=str(data))
         for key, port in self._ports.items():
-            if key.endswith("_port") and key in config.configurable_items:
+            if key in config.configurable_items:  # etcd_peer_port and metrics_port are not yaml keys
                 config.set(key, port)
         # Keyword options of the wheel's constructor are ignored: set the yaml keys instead.
         config.set("authorization_enabled", True)
