@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint
+.PHONY: install demo test test-all lint bench bench-quick bench-venvs
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,3 +29,27 @@ test-all: install
 
 lint: install
 	$(BIN)/python -m ruff check src tests bench
+
+# Benchmarks (bench/README.md). The peers get venvs of their own, never .venv.
+BENCH_PEERS := chromadb==1.5.9 qdrant-client==1.20.0 lancedb==0.40.0 faiss-cpu==1.15.1 matplotlib==3.11.2 psutil numpy
+LITE25 := "setuptools<70" pymilvus==2.5.18 milvus-lite==2.5.1 psutil numpy
+
+.venv-bench/.installed:
+	$(PY) -m venv .venv-bench
+	.venv-bench/bin/pip install -q $(BENCH_PEERS)
+	touch $@
+
+.venv-lite25/.installed:
+	$(PY) -m venv .venv-lite25
+	.venv-lite25/bin/pip install -q $(LITE25)
+	touch $@
+
+bench-venvs: .venv-bench/.installed .venv-lite25/.installed
+
+# Every system side by side at 10k and 100k (~30-40 min on 2 cores); results in bench/results/.
+bench: install bench-venvs
+	$(BIN)/python bench/run.py
+
+# lookalike, raw pymilvus and numpy at 10k (~1 min): what tests/test_bench_quick.py runs.
+bench-quick: install
+	$(BIN)/python bench/run.py --quick --out bench/results/quick
