@@ -12,6 +12,7 @@ import pytest
 
 milvus_lite = pytest.importorskip("milvus_lite")
 from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite  # noqa: E402
+from milvus_lite.adapter.grpc import servicer  # noqa: E402
 from milvus_lite.engine import collection as engine_collection  # noqa: E402
 from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 from milvus_lite.search import executor_indexed  # noqa: E402
@@ -229,3 +230,33 @@ def test_search_through_pymilvus_with_ids_only(tmp_path):
         assert set(res[1][0]["entity"]) == {"id"}  # no vector shipped back
     finally:
         client.close()
+
+
+def test_hnsw_build_parameters_from_pymilvus_reach_the_index(tmp_path):
+    pymilvus = pytest.importorskip("pymilvus")
+    _lite_speedups.apply()
+    assert hasattr(servicer.kv_pairs_to_index_params_dict, "__wrapped__")
+    client = pymilvus.MilvusClient(str(tmp_path / "milvus.db"))
+    try:
+        schema = client.create_schema(auto_id=False)
+        schema.add_field("id", pymilvus.DataType.VARCHAR, is_primary=True, max_length=16)
+        schema.add_field("vec", pymilvus.DataType.FLOAT_VECTOR, dim=DIM)
+        index = client.prepare_index_params()
+        index.add_index("vec", index_type="HNSW", metric_type="IP", params={"M": 24, "efConstruction": 40})
+        client.create_collection("c", schema=schema, index_params=index)
+        vecs = _unit(np.random.default_rng(4), 30)
+        client.insert("c", [{"id": f"x{i}", "vec": v.tolist()} for i, v in enumerate(vecs)])
+        client.flush("c")
+        client.release_collection("c")
+        client.load_collection("c")  # builds the segment's HNSW graph
+        res = client.search("c", [vecs[3].tolist()], limit=1, output_fields=["id"])
+        assert res[0][0]["id"] == "x3"
+    finally:
+        client.close()
+    graphs = list((tmp_path / "milvus.db").rglob("*.hnsw.idx"))
+    assert graphs
+    import faiss
+
+    graph = faiss.read_index(str(graphs[0]))
+    hnsw = graph.hnsw
+    assert (hnsw.nb_neighbors(0), hnsw.efConstruction) == (2 * 24, 40)  # level 0 holds 2*M links

@@ -4,7 +4,8 @@ Milvus Lite 3.2.2 is pure Python. On every search, ``execute_search_with_index``
 of every segment twice in Python to decide which rows are live (the newest version of their
 primary key, not deleted): at 100k rows that is ~85% of a search, 50-75 ms, while the FAISS
 search itself takes ~1 ms. It then turns each hit's whole row, vector included, into Python
-objects even when the caller asked for ids only.
+objects even when the caller asked for ids only. And its gRPC adapter drops the HNSW build
+parameters that pymilvus sends (M, efConstruction), so every index is built with the defaults.
 
 This module replaces that function (and the row count, which uses the same loops) with one
 that computes the same live-row masks from what changes between searches only: sealed segments
@@ -14,7 +15,8 @@ through each segment's ``pk_to_row``. Hits are materialised with only the column
 projection can use, and a filtered HNSW search gets its mask as a bitmap. Everything else
 (filters, per-segment FAISS search, tie-breaking, padding, projection) is the engine's own
 logic, kept in the same order, so results are identical; ``tests/test_lite_speedups.py``
-checks that against the unpatched engine and a numpy oracle.
+checks that against the unpatched engine and a numpy oracle. The build parameters are passed
+through as pymilvus sends them.
 
 The patch is applied only to the Milvus Lite versions it was written and tested against, and
 could be offered upstream as a change to ``milvus_lite/search/executor_indexed.py``.
@@ -70,6 +72,12 @@ def apply() -> bool:
             engine_collection.Collection._num_entities
         )
         patched.append("engine.collection.Collection._num_entities")
+        from milvus_lite.adapter.grpc import servicer
+
+        servicer.kv_pairs_to_index_params_dict = _make_index_params_translator(
+            servicer.kv_pairs_to_index_params_dict
+        )
+        patched.append("adapter.grpc.servicer.kv_pairs_to_index_params_dict")
         try:
             from milvus_lite.index.faiss_hnsw import FaissHnswIndex
         except ImportError:  # faiss missing: the engine falls back to brute force anyway
@@ -365,6 +373,40 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
     execute_search_with_index.__doc__ = original.__doc__
     execute_search_with_index.__wrapped__ = original  # type: ignore[attr-defined]
     return execute_search_with_index
+
+
+# ── index build parameters ──────────────────────────────────────────────────
+
+# Keys of CreateIndexRequest.extra_params that are not build parameters.
+_INDEX_REQUEST_KEYS = frozenset({"index_type", "metric_type", "params", "search_params"})
+
+
+def _make_index_params_translator(original: Callable[..., Any]) -> Callable[..., Any]:
+    """Build the replacement for the gRPC adapter's ``kv_pairs_to_index_params_dict``.
+
+    pymilvus 2.4+ sends an index's build parameters as top-level key/value pairs (``M``,
+    ``efConstruction``, ``nlist``), each JSON-encoded; Milvus Lite 3.2.2 reads them only from a
+    JSON ``params`` pair, so it silently builds HNSW with its defaults (M=16, efConstruction=200)
+    whatever was asked. This keeps the engine's decoding and adds the top-level pairs to the
+    build parameters (an explicit ``params`` pair wins).
+    """
+    import json
+
+    def kv_pairs_to_index_params_dict(extra_params: Iterable[Any]) -> dict:
+        pairs = list(extra_params)
+        out = original(pairs)
+        for pair in pairs:
+            if pair.key in _INDEX_REQUEST_KEYS or pair.key in out["params"]:
+                continue
+            try:
+                out["params"][pair.key] = json.loads(pair.value)
+            except ValueError:
+                out["params"][pair.key] = pair.value
+        return out
+
+    kv_pairs_to_index_params_dict.__doc__ = original.__doc__
+    kv_pairs_to_index_params_dict.__wrapped__ = original  # type: ignore[attr-defined]
+    return kv_pairs_to_index_params_dict
 
 
 # ── row count ───────────────────────────────────────────────────────────────
