@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +41,33 @@ def lite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lite")
 
 
+@pytest.fixture(scope="session", params=["lite", pytest.param("server", marks=pytest.mark.server)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The engine the core suite runs on: embedded Milvus Lite, and a real Milvus 2.3.5 server."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def client(lite_dir: Path) -> Iterator[Client]:
-    with Client(codops="ltlrt", password="ltlrt-secret", data_dir=lite_dir) as c:
-        yield c
+def org_client(backend: str, lite_dir: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[str], Client]]:
+    """``org_client(code)``: a client of that organisation on the current backend (one per code)."""
+    clients: dict[str, Client] = {}
+
+    def get(code: str) -> Client:
+        if code not in clients:
+            if backend == "server":
+                clients[code] = Client(request.getfixturevalue("server_organisation")(code).settings)
+            else:
+                clients[code] = Client(codops=code, password=f"{code}-secret", data_dir=lite_dir)
+        return clients[code]
+
+    yield get
+    for c in clients.values():
+        c.close()
+
+
+@pytest.fixture(scope="session")
+def client(org_client: Callable[[str], Client]) -> Client:
+    return org_client("ltlrt")
 
 
 @pytest.fixture

@@ -16,15 +16,16 @@ def unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def test_seed_tutorial_runs_with_only_the_import_changed(lite_dir, name, monkeypatch):
+def test_seed_tutorial_runs_with_only_the_import_changed(client, name, monkeypatch):
     """The tutorial's calls, as written there, through the module functions."""
     from pymilvus import DataType, FieldSchema
 
     from lookalike import connect, create_collection, get_documents, index, retrieve_similar
 
     monkeypatch.setenv("CODOPS", "ltlrt")
-    monkeypatch.setenv("CODOPS_LTLRT_MILVUS_PASSWORD", "xxx")
-    monkeypatch.setenv("LOOKALIKE_DATA_DIR", str(lite_dir))
+    monkeypatch.setenv("CODOPS_LTLRT_MILVUS_PASSWORD", client.settings.password.reveal())
+    monkeypatch.setenv("LOOKALIKE_DATA_DIR", str(client.settings.data_dir))
+    monkeypatch.setenv("LOOKALIKE_MILVUS_URI", client.settings.uri)
     lookalike.disconnect()
     connect()
     assert connect() is lookalike.default_client()  # later calls reuse it
@@ -193,5 +194,5 @@ def test_scalar_indexes_can_be_added_later(client, name):
     col = client.create_collection(name, SEED_FIELDS, {"vec": SEED_INDEXES["vec"], "language": None}, dim=16)
     assert col.spec.scalar_indexes == {"language": None}
     # another client (a new process would do the same) reads the recorded spec back
-    with Client(codops="ltlrt", data_dir=client.settings.data_dir) as other:
+    with Client(client.settings) as other:
         assert other.collection(name).spec.scalar_indexes == {"language": None}

@@ -12,9 +12,8 @@ from lookalike.config import password_variable
 
 
 @pytest.fixture
-def two_orgs(lite_dir):
-    with Client(codops="ltlrt", data_dir=lite_dir) as a, Client(codops="chrts", data_dir=lite_dir) as b:
-        yield a, b
+def two_orgs(org_client):
+    return org_client("ltlrt"), org_client("chrts")
 
 
 def test_same_collection_name_in_two_organisations_is_two_collections(two_orgs, name):

@@ -61,7 +61,7 @@ def test_another_model_is_refused(client, name):
         client.create_collection(name, embedder=other)
     with pytest.raises(ConflictError, match="built with model 'first'"):
         client.collection(name, embedder=other)
-    with Client(codops=client.codops, data_dir=client.settings.data_dir) as fresh:
+    with Client(client.settings) as fresh:
         with pytest.raises(InvalidInputError, match="custom model 'first'"):
             fresh.collection(name).similar(texts=["x"])
         assert fresh.collection(name, embedder=counting).similar(texts=["x"], limit=1) == []

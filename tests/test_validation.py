@@ -12,11 +12,25 @@ from pymilvus import DataType, FieldSchema
 from lookalike import ConflictError, InvalidInputError, LookalikeError, NotFoundError
 
 
-@pytest.fixture
-def col(client, name):
+def _ten_documents(client, name):
     col = client.create_collection(name, SEED_FIELDS, SEED_INDEXES, dim=16)
-    col.index(make_docs(10))
+    col.index(make_docs(10), flush=False)  # Session reads see unflushed writes; a flush costs 3 s on a server
     return col
+
+
+@pytest.fixture(scope="module")
+def col(client):
+    """Ten documents that every test here leaves as they are (refused input stores nothing)."""
+    col = _ten_documents(client, f"validation_{client.engine.kind}")
+    yield col
+    assert col.count() == 10  # nothing a test here sent was stored
+    col.drop()
+
+
+@pytest.fixture
+def fresh(client, name):
+    """Ten documents of the test's own, for tests that store something."""
+    return _ten_documents(client, name)
 
 
 def doc(**changes):
@@ -63,11 +77,11 @@ def test_duplicate_ids_in_one_call(col):
     assert col.count() == 10
 
 
-def test_normalize_false_accepts_a_zero_vector(col):
-    assert col.index([doc(id="zero", vec=[0.0] * 16)], normalize=False) == 1
+def test_normalize_false_accepts_a_zero_vector(fresh):
+    assert fresh.index([doc(id="zero", vec=[0.0] * 16)], normalize=False) == 1
 
 
-def test_streaming_failure_says_what_landed(col):
+def test_streaming_failure_says_what_landed(fresh):
     rng = np.random.default_rng(0)
 
     def stream():
@@ -77,8 +91,8 @@ def test_streaming_failure_says_what_landed(col):
 
     landed = r"document #6000 .*#0-#4999 of this call were stored; #5000 onwards were not"
     with pytest.raises(InvalidInputError, match=landed):
-        col.index(stream(), progress=False)
-    assert col.count() == 10 + 5000  # the first full chunk landed; the rest did not
+        fresh.index(stream(), progress=False)
+    assert fresh.count() == 10 + 5000  # the first full chunk landed; the rest did not
 
 
 BAD_SCHEMAS = [
@@ -161,17 +175,17 @@ def test_upsert_false_conflict_names_the_ids(col):
 TRICKY_IDS = ['a"b', "a'b", "back\\slash", "new\nline", 'x" or id != "', "ünï©ødé ✓", "id in [1]", "]) or (1==1"]
 
 
-def test_tricky_ids_work_everywhere_without_injection(col):
+def test_tricky_ids_work_everywhere_without_injection(fresh):
     rng = np.random.default_rng(7)
     docs = [{**doc(id=i), "vec": rng.normal(size=16).tolist()} for i in TRICKY_IDS]
-    col.index(docs)
-    assert [d["id"] for d in col.get(TRICKY_IDS, ["id"])] == TRICKY_IDS
+    fresh.index(docs)
+    assert [d["id"] for d in fresh.get(TRICKY_IDS, ["id"])] == TRICKY_IDS
     for tricky in TRICKY_IDS:
-        top = col.similar(ids=[tricky], limit=1)
+        top = fresh.similar(ids=[tricky], limit=1)
         assert top[0]["id"] == tricky
-        assert tricky not in {r["id"] for r in col.similar(ids=[tricky], limit=30, exclude_ids=True)}
-    assert col.delete(ids=['x" or id != "']) == 1  # deletes exactly that one
-    assert col.count() == 10 + len(TRICKY_IDS) - 1
+        assert tricky not in {r["id"] for r in fresh.similar(ids=[tricky], limit=30, exclude_ids=True)}
+    assert fresh.delete(ids=['x" or id != "']) == 1  # deletes exactly that one
+    assert fresh.count() == 10 + len(TRICKY_IDS) - 1
 
 
 def test_every_error_is_a_lookalike_error(col):

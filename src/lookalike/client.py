@@ -139,6 +139,8 @@ class Client:
             if not self.has_collection(name):
                 return False
             with self.engine.errors(f"drop {name!r}"):
+                # A 2.3 server applies later grants late to a collection dropped while loaded.
+                self.engine.milvus.release_collection(name)
                 self.engine.milvus.drop_collection(name)
             return True
 
@@ -175,7 +177,7 @@ class Client:
             schema.add_field(field.name, field.dtype, **({"max_length": field.max_length} if field.max_length else {}))
         with self.engine.errors(f"create collection {name!r}"):
             milvus.create_collection(name, schema=schema, properties={SPEC_PROPERTY: spec.dumps()},
-                                     **self.engine.read_options)
+                                     **self.engine.read_options(name))
         try:
             self._add_indexes(name, spec, vector=True, scalar=spec.scalar_indexes)
             self._load(name)
@@ -231,11 +233,18 @@ class Client:
             )
         added = {f: k for f, k in requested.scalar_indexes.items() if f not in existing.spec.scalar_indexes}
         if added:
+            milvus = self.engine.milvus
+            # A 2.3 server refuses to load a collection indexed while loaded: release it first.
+            with self.engine.errors(f"release {name!r}"):
+                milvus.release_collection(name)
             self._add_indexes(name, existing.spec, vector=False, scalar=added)
+            self._load(name)
             spec = CollectionSpec(existing.spec.dim, existing.spec.fields, existing.spec.vector_index,
                                   {**existing.spec.scalar_indexes, **added}, existing.spec.embedder)
             with self.engine.errors(f"record the indexes of {name!r}"):
-                self.engine.milvus.alter_collection_properties(name, properties={SPEC_PROPERTY: spec.dumps()})
+                # Milvus 2.3.5 persists the value an alter replaces, not the new one: say it twice.
+                for _ in range(2 if self.engine.kind == "server" else 1):
+                    milvus.alter_collection_properties(name, properties={SPEC_PROPERTY: spec.dumps()})
             existing.spec = spec
         if model is not None:
             existing._embedder = check_embedder(name, existing.spec, model)

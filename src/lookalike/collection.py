@@ -44,7 +44,7 @@ class Collection:
 
     @property
     def read_options(self) -> dict[str, str]:
-        return self.engine.read_options
+        return self.engine.read_options(self.name)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -93,6 +93,7 @@ class Collection:
         if matching:
             with self.engine.errors(f"delete from {self.name!r}"):
                 self.engine.milvus.delete(self.name, filter=expr)
+            self.engine.read_strongly(self.name)
         return matching
 
     def drop(self) -> bool:
