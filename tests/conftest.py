@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ def org_client(backend: str, lite_dir: Path, request: pytest.FixtureRequest) -> 
     def get(code: str) -> Client:
         if code not in clients:
             if backend == "server":
-                clients[code] = Client(request.getfixturevalue("server_organisation")(code).settings)
+                settings = request.getfixturevalue("server_organisation")(code).settings
+                # the embedding cache lives under data_dir: keep it in the session's directory
+                clients[code] = Client(replace(settings, data_dir=lite_dir / "server"))
             else:
                 clients[code] = Client(codops=code, password=f"{code}-secret", data_dir=lite_dir)
         return clients[code]
