@@ -31,7 +31,7 @@ import data  # noqa: E402
 from systems import SYSTEMS  # noqa: E402
 
 FULL_ORDER = [
-    "lookalike", "pymilvus-lite", "pymilvus-lite-unpatched", "pymilvus-lite-1seg", "lite25-ivf", "lite25-flat",
+    "lookalike", "pymilvus-lite", "pymilvus-lite-unpatched", "lite25-ivf", "lite25-flat",
     "milvus-server", "faiss-hnsw", "numpy", "chroma", "lancedb", "qdrant",
 ]
 QUICK_ORDER = ["lookalike", "pymilvus-lite", "numpy"]
@@ -54,15 +54,18 @@ def python_for(key: str) -> Path | None:
     return exe if exe.exists() else None
 
 
-def run_one(key: str, size: int, quick: bool, workroot: Path, timeout: float) -> dict:
+def run_one(key: str, size: int, quick: bool, workroot: Path, timeout: float, keep: set[str]) -> dict:
+    """Run one system's worker; its data directory is removed after, unless a later system reuses it."""
     py = python_for(key)
     if py is None:
         return {"key": key, "system": SYSTEMS[key].name, "n": size,
                 "error": f"skipped: {SYSTEMS[key].venv} is missing (make bench-venvs)"}
-    workdir = workroot / f"{key}-{size}"
+    reused = SYSTEMS[key].reuses
+    workdir = workroot / f"{reused or key}-{size}"
+    reuse = reused is not None and workdir.exists()
     out = workroot / f"{key}-{size}.json"
-    cmd = [str(py), str(HERE / "worker.py"), "--system", key, "--size", str(size),
-           "--workdir", str(workdir), "--out", str(out)] + (["--quick"] if quick else [])
+    cmd = [str(py), str(HERE / "worker.py"), "--system", key, "--size", str(size), "--workdir", str(workdir),
+           "--out", str(out), *(["--quick"] if quick else []), *(["--reuse"] if reuse else [])]
     began = time.time()
     try:
         env = {**os.environ, **SYSTEMS[key].env}
@@ -70,7 +73,8 @@ def run_one(key: str, size: int, quick: bool, workroot: Path, timeout: float) ->
     except subprocess.TimeoutExpired:
         return {"key": key, "system": SYSTEMS[key].name, "n": size, "error": f"timed out after {timeout:.0f} s"}
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if key not in keep:
+            shutil.rmtree(workdir, ignore_errors=True)
     if not out.exists():
         tail = (proc.stderr or proc.stdout)[-800:]
         return {"key": key, "system": SYSTEMS[key].name, "n": size, "error": f"worker failed: {tail}"}
@@ -144,7 +148,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10k rows, fewer queries, systems of this venv")
     parser.add_argument("--sizes", help="comma-separated row counts (default 10000,100000; quick: 10000)")
-    parser.add_argument("--systems", help=f"comma-separated, from: {', '.join(FULL_ORDER)}")
+    parser.add_argument("--systems", help=f"comma-separated, from: {', '.join(SYSTEMS)}")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per system and size")
     args = parser.parse_args()
@@ -156,6 +160,7 @@ def main() -> int:
         parser.error(f"unknown systems: {', '.join(unknown)}")
     args.out.mkdir(parents=True, exist_ok=True)
 
+    keep = {SYSTEMS[k].reuses for k in keys if SYSTEMS[k].reuses in keys}
     results: list[dict] = []
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
@@ -165,7 +170,7 @@ def main() -> int:
                 if size > MAX_SIZE.get(key, size):
                     continue
                 print(f"[{time.time() - started:6.0f}s] {key} at {size:,} ...", flush=True)
-                r = run_one(key, size, args.quick, Path(tmp), args.timeout)
+                r = run_one(key, size, args.quick, Path(tmp), args.timeout, keep)
                 results.append(r)
                 status = r.get("error", f"p50 {r.get('p50_ms')} ms, recall {r.get('recall')}")
                 print(f"          {status}", flush=True)
