@@ -108,7 +108,7 @@ def measure(system: System, ds: data.Dataset, quick: bool, reuse: bool) -> dict:
         t = time.perf_counter()
         batch_found: list[list[str]] = []
         for start in range(0, n_batch, BATCH_NQ):
-            batch_found.extend(system.search(ds.queries[start:start + BATCH_NQ], fr_only, param))
+            batch_found.extend(system.search(ds.queries[start:min(start + BATCH_NQ, n_batch)], fr_only, param))
         elapsed = time.perf_counter() - t
         out[f"{label}batch_qps"] = round(n_batch / elapsed, 1)
         out[f"{label}recall"] = round(data.recall(rows_of(batch_found), truth[:n_batch]), 4)
