@@ -134,5 +134,9 @@ def test_ann_recall_of_hnsw_and_of_a_text_collection(client: Client, name: str) 
     with pytest.raises(InvalidInputError, match="has 5 documents"):
         ann_recall(small, k=10)
 
-    text = collection_recall(oracle(), RECORDS, queries=3, k=2)
-    assert text["model"] == "oracle" and text["documents"] == 9 and 0.0 <= text["recall"] <= 1.0
+
+def test_collection_recall_indexes_texts_and_measures_each_ef() -> None:
+    rows = collection_recall(oracle(), RECORDS, queries=3, k=2, efs=(None, 8))
+    assert [(r["model"], r["documents"], r["search_params"]) for r in rows] == [
+        ("oracle", 9, None), ("oracle", 9, {"ef": 8})]
+    assert all(0.0 <= r["recall"] <= 1.0 for r in rows)

@@ -208,10 +208,13 @@ def available_models() -> list[str]:
     return [name for name in BUILTIN_MODELS if find_spec(needs[name]) is not None]
 
 
-def collection_recall(embedder: Embedder, records: Sequence[dict], queries: int = 100,
-                      k: int = 10, cache_dir: Path | None = None) -> dict[str, Any]:
+def collection_recall(
+    embedder: Embedder, records: Sequence[dict], queries: int = 100, k: int = 10,
+    cache_dir: Path | None = None, efs: Sequence[int | None] = (None,),
+) -> list[dict[str, Any]]:
     """Index the records' texts with ``embedder`` in a fresh embedded collection (the default
-    HNSW index) and measure :func:`ann_recall` on it."""
+    HNSW index) and measure :func:`ann_recall` on it for each search ``ef`` (None: the
+    engine's default)."""
     from .client import Client
 
     docs = list(documents(records))
@@ -219,7 +222,10 @@ def collection_recall(embedder: Embedder, records: Sequence[dict], queries: int 
     with tempfile.TemporaryDirectory() as tmp, Client(data_dir=tmp) as client:
         collection = client.create_collection("eval_ann", dim=int(embedder.dim))
         collection.index({"id": d["id"], "vec": v} for d, v in zip(docs, vectors, strict=True))
-        return {"model": embedder.name, **ann_recall(collection, queries=queries, k=k)}
+        return [{"model": embedder.name,
+                 **ann_recall(collection, queries=queries, k=k,
+                              search_params=None if ef is None else {"ef": ef})}
+                for ef in efs]
 
 
 def evaluate(
@@ -229,18 +235,19 @@ def evaluate(
     tfidf: bool = True,
     ann_models: Sequence[str | Embedder | Callable[..., Any]] = (),
     ann_queries: int = 100,
+    ann_efs: Sequence[int | None] = (None,),
     progress: bool | None = None,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Cross-lingual rows for each model (and the TF-IDF baseline) on full text and synopsis,
-    and the ANN recall@10 of a collection of all the records' texts for each of ``ann_models``.
+    and the ANN recall@10 of a collection of all the records' texts for each of ``ann_models``
+    and each search ``ef`` of ``ann_efs``.
 
     ``cache_dir`` keeps the vectors (an :class:`~lookalike.embedding.EmbeddingCache`), so a
     re-run only embeds what changed.
     """
     records = load_sample() if records is None else records
     rows: list[dict[str, Any]] = []
-    ann = []
     for synopsis_only in (False, True):
         tasks = crosslingual_tasks(records, "en", targets, synopsis_only)
         for spec in models:
@@ -248,8 +255,9 @@ def evaluate(
                                    cache_dir=cache_dir)
         if tfidf:
             rows += score_tfidf(tasks)
-    ann = [collection_recall(get_embedder(spec), records, ann_queries, cache_dir=cache_dir)
-           for spec in ann_models]
+    ann = [row for spec in ann_models
+           for row in collection_recall(get_embedder(spec), records, ann_queries,
+                                        cache_dir=cache_dir, efs=ann_efs)]
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "corpus": {"records": len(records), "source": "en", "targets": list(targets)},
@@ -270,18 +278,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ann-models", default="default",
                         help="models whose collection gets the ANN recall@10 check ('' for none)")
     parser.add_argument("--ann-queries", type=int, default=100)
+    parser.add_argument("--ann-ef", default="default,16,64",
+                        help="search ef values to measure ('default': the engine's)")
     parser.add_argument("--cache-dir", default="bench/.cache/embeddings",
-                        help="embedding cache ('' for none: then embedding times are fresh)")
+                        help="where vectors are kept between runs ('' for none)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     records = load_sample(limit=args.limit)
     result = evaluate(args.models.split(","), records, args.targets.split(","),
                       ann_models=[m for m in args.ann_models.split(",") if m],
                       ann_queries=args.ann_queries,
+                      ann_efs=[None if ef == "default" else int(ef)
+                               for ef in args.ann_ef.split(",")],
                       cache_dir=Path(args.cache_dir) if args.cache_dir else None)
     print(format_table(result["crosslingual"]))
     for row in result["ann"]:
-        print(f"ANN {row['model']}: recall@{row['k']} {row['recall']:.3f} "
+        ef = (row["search_params"] or {}).get("ef", "default")
+        print(f"ANN {row['model']} ef={ef}: recall@{row['k']} {row['recall']:.3f} "
               f"({row['queries']} queries over {row['documents']} documents)")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json"
