@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from typer.core import TyperGroup
 
 from . import fileio
 from .client import Client
-from .config import Settings
+from .config import Secret, Settings, password_variable
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -73,6 +74,9 @@ app = typer.Typer(
 collections_app = typer.Typer(help="Create, list, describe and drop collections.",
                               no_args_is_help=True)
 app.add_typer(collections_app, name="collections")
+admin_app = typer.Typer(help="Provision organisations on a Milvus server (needs LOOKALIKE_MILVUS_ROOT_TOKEN).",
+                        no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
 
 
 class _Session:
@@ -389,6 +393,104 @@ def serve(
     from .service import create_app
 
     uvicorn.run(create_app(settings=ctx.ensure_object(_Session).settings()), host=host, port=port)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+@app.command("eval")
+def evaluate(
+    models: Annotated[str | None, typer.Option(
+        help="Comma-separated built-in model names or model paths (default: every installed built-in).",
+        show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(help="Use the first N records of the sample.",
+                                              show_default=False)] = None,
+    ann_queries: Annotated[int, typer.Option(help="Queries for the ANN recall@10 check (0: skip it).")] = 100,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON result.")] = Path("bench/results"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure retrieval quality on the shipped corpus: cross-lingual R@1, R@10 and MRR per model
+    (full text and synopsis, TF-IDF baseline beside them) and the ANN index's recall@10."""
+    from datetime import datetime, timezone
+
+    from . import evaluation
+    from .corpus import load_sample
+
+    names = models.split(",") if models else evaluation.available_models()
+    result = evaluation.evaluate(names, load_sample(limit=limit),
+                                 ann_models=["default"] if ann_queries else [], ann_queries=ann_queries)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if as_json:
+        _print_json(result)
+        return
+    out.print(evaluation.format_table(result["crosslingual"]), highlight=False)
+    for row in result["ann"]:
+        out.print(f"ANN recall@{row['k']} ({row['model']}, {row['queries']} queries over "
+                  f"{row['documents']} documents): {row['recall']:.3f}")
+    out.print(f"Wrote {path}.")
+
+
+# -- admin ---------------------------------------------------------------------------------------
+
+def _root(ctx: typer.Context) -> tuple[str, Secret]:
+    """The server URI and root token the admin commands act with."""
+    settings = ctx.ensure_object(_Session).settings()
+    token = os.environ.get("LOOKALIKE_MILVUS_ROOT_TOKEN", "")
+    if settings.embedded:
+        raise _fail("admin commands act on a Milvus server: set LOOKALIKE_MILVUS_URI (or --uri)")
+    if not token:
+        raise _fail("set LOOKALIKE_MILVUS_ROOT_TOKEN to the server's root:<password>")
+    return settings.uri, Secret(token)
+
+
+@admin_app.command("provision")
+def admin_provision(
+    ctx: typer.Context,
+    code: Annotated[str, typer.Argument(help="Organisation code, e.g. ltlrt.", show_default=False)],
+    as_json: JsonFlag = False,
+) -> None:
+    """Create (or repair) an organisation: its database, its user and a role limited to it.
+
+    The secret is read from CODOPS_<CODE>_MILVUS_PASSWORD, the variable the organisation's own
+    processes use. Idempotent; a new secret replaces the old one.
+    """
+    from . import admin
+
+    variable = password_variable(code)
+    secret = os.environ.get(variable, "")
+    if not secret:
+        raise _fail(f"set {variable} to the organisation's secret first")
+    org = admin.provision(code, Secret(secret), *_root(ctx))
+    _report(as_json, {"code": org.code, "database": org.database, "user": org.user, "role": org.role},
+            f"Organisation {org.code!r} provisioned: database {org.database}, user {org.user}, role {org.role}.")
+
+
+@admin_app.command("list")
+def admin_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List the organisations provisioned on the server."""
+    from . import admin
+
+    codes = admin.list_organisations(*_root(ctx))
+    _report(as_json, codes, "\n".join(codes) if codes else "No organisations.")
+
+
+@admin_app.command("revoke")
+def admin_revoke(
+    ctx: typer.Context,
+    code: Annotated[str, typer.Argument(help="Organisation code.", show_default=False)],
+    drop_data: Annotated[bool, typer.Option(help="Also drop the organisation's database and data.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove an organisation's user and role (and, with --drop-data, its data)."""
+    from . import admin
+
+    if drop_data and not yes:
+        typer.confirm(f"Drop every collection of organisation {code!r}?", abort=True)
+    removed = admin.revoke(code, *_root(ctx), drop_data=drop_data)
+    _report(as_json, {"code": code, "revoked": removed},
+            f"Organisation {code!r} revoked." if removed else f"Organisation {code!r} was not provisioned.")
 
 
 def main() -> None:
