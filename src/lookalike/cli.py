@@ -31,6 +31,7 @@ from .errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from .schema import creation_options
 
 # Exit codes scripts can test; 2 is click's for a usage error.
 EXIT_CODES: list[tuple[type[LookalikeError], int]] = [
@@ -175,7 +176,7 @@ def create_collection(
 ) -> None:
     """Create a collection (idempotent: the same schema again is fine)."""
     if schema is not None:
-        options = fileio.creation_options(_load_json(schema))
+        options = creation_options(_load_json(schema))
     else:
         options = {"fields": [_parse_field(f) for f in field or []],
                    "indexes": _parse_indexes(index or [], index_param or [], scalar_index or []),
@@ -369,7 +370,7 @@ def import_(
     if header is None:
         raise _fail(f"{file} has no lookalike export header: create the collection and use "
                     "`lookalike index` for a plain file")
-    collection = _client(ctx).create_collection(name, **fileio.creation_options(header["spec"]))
+    collection = _client(ctx).create_collection(name, **creation_options(header["spec"]))
     batches = fileio.read_batches(file, format, batch_size=batch_size)
     with _Progress(f"importing {file.name}", header.get("count")) as advance:
         # Stored vectors are imported as they are: normalising again could change their bits.

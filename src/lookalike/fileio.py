@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import InvalidInputError
-from .schema import ID_FIELD, VECTOR_FIELD, spec_from_json
+from .schema import ID_FIELD, VECTOR_FIELD
 
 FORMATS = ("jsonl", "csv", "parquet")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
@@ -207,22 +207,6 @@ def open_writer(path: str | Path, header: Mapping[str, Any],
     if fmt == "csv":
         raise InvalidInputError("export writes JSON Lines (.jsonl) or Parquet (.parquet), not CSV")
     return DocumentWriter(Path(path), fmt, {"version": EXPORT_VERSION, **header})
-
-
-def creation_options(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of ``Client.create_collection`` that recreate a spec's JSON (an
-    export header's, a ``--schema`` file's, an HTTP PUT body's); the spec is validated first."""
-    embedder = spec.get("embedder") if isinstance(spec, Mapping) else None
-    if isinstance(embedder, str):  # a model name, as create_collection takes it
-        spec = {**spec, "embedder": {"name": embedder}}
-    parsed = spec_from_json(spec)
-    options: dict[str, Any] = {"fields": [f.to_json() for f in parsed.fields],
-                               "indexes": parsed.to_json()["indexes"]}
-    if parsed.embedder:
-        options["embedder"] = parsed.embedder.get("name")
-    if "dim" in spec or not parsed.embedder:  # a model sets dim itself
-        options["dim"] = parsed.dim
-    return options
 
 
 # -- readers -----------------------------------------------------------------------------------

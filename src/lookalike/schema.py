@@ -327,3 +327,19 @@ def spec_from_description(description: Mapping[str, Any], indexes: Mapping[str, 
 def spec_loads(text: str) -> CollectionSpec:
     """Parse the spec stored as a collection property."""
     return spec_from_json(json.loads(text))
+
+
+def creation_options(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``Client.create_collection`` that recreate a spec's JSON (an
+    export header's, a ``--schema`` file's, an HTTP PUT body's); the spec is validated first."""
+    embedder = spec.get("embedder") if isinstance(spec, Mapping) else None
+    if isinstance(embedder, str):  # a model name, as create_collection takes it
+        spec = {**spec, "embedder": {"name": embedder}}
+    parsed = spec_from_json(spec)
+    options: dict[str, Any] = {"fields": [f.to_json() for f in parsed.fields],
+                               "indexes": parsed.to_json()["indexes"]}
+    if parsed.embedder:
+        options["embedder"] = parsed.embedder.get("name")
+    if "dim" in spec or not parsed.embedder:  # a model sets dim itself
+        options["dim"] = parsed.dim
+    return options

@@ -38,7 +38,7 @@ from .errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from .fileio import creation_options
+from .schema import creation_options
 
 log = logging.getLogger(__name__)
 
