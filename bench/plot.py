@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+FLOOR = 0.8  # recall below this is not a usable operating point; the axis starts here
+
 
 def main(results_json: Path, png: Path) -> None:
     results = json.loads(results_json.read_text())["results"]
@@ -22,20 +24,25 @@ def main(results_json: Path, png: Path) -> None:
     for row, n in enumerate(sizes):
         for col, filtered in enumerate((False, True)):
             ax = axes[row][col]
-            for r in results:
-                if r.get("n") != n or "error" in r:
-                    continue
+            runs = [r for r in results if r.get("n") == n and "error" not in r]
+            colours = plt.get_cmap("tab20")(range(len(runs)))
+            for i, r in enumerate(runs):
                 points = [p for p in r.get("sweep", []) if p["filtered"] == filtered]
                 if not points:  # no knob: one point at its only setting
                     points = [{"recall": r["fr_recall" if filtered else "recall_single"],
                                "qps_single": r["fr_qps_single" if filtered else "qps_single"], "param": None}]
                 points.sort(key=lambda p: p["param"] or 0)
-                ax.plot([p["qps_single"] for p in points], [p["recall"] for p in points], marker="o", label=r["system"])
+                label = r["system"]
+                if max(p["recall"] for p in points) < FLOOR:
+                    label += f" (recall < {FLOOR}: off the chart)"
+                ax.plot([p["qps_single"] for p in points], [p["recall"] for p in points], marker="os^vD"[i % 5],
+                        color=colours[i], label=label)
                 for p in points:
                     if p["param"] is not None:
                         ax.annotate(str(p["param"]), (p["qps_single"], p["recall"]), fontsize=7,
                                     textcoords="offset points", xytext=(3, 3))
             ax.set_xscale("log")
+            ax.set_ylim(FLOOR, 1.005)
             ax.set_xlabel("queries per second (one query per call)")
             ax.set_ylabel("recall@10")
             ax.set_title(f"{n:,} × 768, {'20% filter' if filtered else 'no filter'} (labels: ef / nprobe)")
