@@ -72,28 +72,69 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
     return out
 
 
-def load(n: int, n_queries: int = 1000, dim: int = 768, seed: int = 7) -> Dataset:
-    """Build (or read from the cache) the synthetic dataset of n vectors."""
+CORPUS = "corpus"  # the size argument that selects the real corpus instead of synthetic data
+
+
+def load(n: int | str, n_queries: int = 1000, dim: int = 768, seed: int = 7) -> Dataset:
+    """Build (or read from the cache) the synthetic dataset of n vectors, or the corpus."""
+    if n == CORPUS:
+        return load_corpus(n_queries, seed)
+    n = int(n)
     key = hashlib.sha1(json.dumps([n, n_queries, dim, seed, 2]).encode()).hexdigest()[:10]
     path = CACHE_DIR / f"synthetic-{n}-{key}.npz"
     name = f"synthetic-{n // 1000}k"
-    if path.exists():
-        z = np.load(path, allow_pickle=False)
-        return Dataset(name, *(z[f] for f in Dataset.__dataclass_fields__ if f != "name"))
-    # Queries are fresh points from the same clusters: generate n + n_queries, split.
-    allv, _ = synthetic(n + n_queries, dim, seed)
-    vectors, queries = allv[:n], allv[n:]
-    rng = np.random.default_rng(seed + 1)
-    languages = np.where(rng.random(n) < FR_SHARE, "fr", rng.choice(LANGUAGES, size=n))
+    if not path.exists():
+        # Queries are fresh points from the same clusters: generate n + n_queries, split.
+        allv, _ = synthetic(n + n_queries, dim, seed)
+        rng = np.random.default_rng(seed + 1)
+        languages = np.where(rng.random(n) < FR_SHARE, "fr", rng.choice(LANGUAGES, size=n))
+        _save(path, _with_truth(name, allv[:n], languages, allv[n:], rng))
+    return _read(path, name)
+
+
+def load_corpus(n_queries: int = 1000, seed: int = 7) -> Dataset:
+    """The shipped DDTP sample (every description and translation) through the default embedder.
+
+    Queries are held-out documents of the same corpus. Embedding ~18k texts takes minutes once;
+    the vectors are cached.
+    """
+    from lookalike import corpus, embedding
+
+    model = embedding.get_embedder()
+    key = hashlib.sha1(json.dumps([n_queries, seed, repr(model), 1]).encode()).hexdigest()[:10]
+    path = CACHE_DIR / f"corpus-{key}.npz"
+    if not path.exists():
+        docs = list(corpus.documents(corpus.load_sample()))
+        vectors = model.encode([d["text"] for d in docs]).astype(np.float32)
+        languages = np.array([d["language"] for d in docs])
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(docs))
+        held, kept = order[:n_queries], np.sort(order[n_queries:])
+        _save(path, _with_truth("ddtp", vectors[kept], languages[kept], vectors[held], rng))
+    ds = _read(path, "ddtp")
+    ds.name = f"ddtp-{len(ds.vectors) // 1000}k"
+    return ds
+
+
+def _with_truth(name: str, vectors: np.ndarray, languages: np.ndarray, queries: np.ndarray,
+                rng: np.random.Generator) -> Dataset:
+    """Add the exact answers: top-K, top-K among "fr" rows, and top-K of 5-row means."""
     fr_rows = np.flatnonzero(languages == "fr")
     truth = exact_topk(vectors, queries)
     truth_fr = fr_rows[exact_topk(vectors[fr_rows], queries)]
-    groups = rng.integers(0, n, size=(min(200, n_queries), 5))
+    groups = rng.integers(0, len(vectors), size=(min(200, len(queries)), 5))
     truth_groups = exact_topk(vectors, _unit(vectors[groups].mean(axis=1)))
-    ds = Dataset(name, vectors, languages, queries, truth, truth_fr, groups, truth_groups)
+    return Dataset(name, vectors, languages, queries, truth, truth_fr, groups, truth_groups)
+
+
+def _save(path: Path, ds: Dataset) -> None:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{f: getattr(ds, f) for f in Dataset.__dataclass_fields__ if f != "name"})
-    return ds
+
+
+def _read(path: Path, name: str) -> Dataset:
+    z = np.load(path, allow_pickle=False)
+    return Dataset(name, *(z[f] for f in Dataset.__dataclass_fields__ if f != "name"))
 
 
 def recall(found: list[list[int]], truth: np.ndarray, k: int = K) -> float:

@@ -20,6 +20,7 @@ FLOOR = 0.8  # recall below this is not a usable operating point; the axis start
 def main(results_json: Path, png: Path) -> None:
     results = json.loads(results_json.read_text())["results"]
     sizes = sorted({r["n"] for r in results if "error" not in r})
+    names = {r["n"]: f"{r.get('dataset', '')}: {r['n']:,} × {r.get('dim', 768)}" for r in results if "error" not in r}
     fig, axes = plt.subplots(len(sizes), 2, figsize=(13, 5 * len(sizes)), squeeze=False)
     for row, n in enumerate(sizes):
         for col, filtered in enumerate((False, True)):
@@ -45,7 +46,7 @@ def main(results_json: Path, png: Path) -> None:
             ax.set_ylim(FLOOR, 1.005)
             ax.set_xlabel("queries per second (one query per call)")
             ax.set_ylabel("recall@10")
-            ax.set_title(f"{n:,} × 768, {'20% filter' if filtered else 'no filter'} (labels: ef / nprobe)")
+            ax.set_title(f"{names[n]}, {'filter language == fr' if filtered else 'no filter'} (labels: ef / nprobe)")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()

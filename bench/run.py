@@ -1,6 +1,6 @@
 """Benchmark lookalike against raw pymilvus, other Milvus editions and other vector stores.
 
-    python bench/run.py                 # full run: 10k and 100k, every system whose venv exists
+    python bench/run.py                 # full run: 10k, 100k and the corpus, every system whose venv exists
     python bench/run.py --quick         # 10k, fewer queries, the systems in this interpreter's venv
     python bench/run.py --sizes 10000 --systems lookalike,numpy
 
@@ -36,9 +36,9 @@ FULL_ORDER = [
 ]
 QUICK_ORDER = ["lookalike", "pymilvus-lite", "numpy"]
 # Qdrant's local mode ingests ~120 vectors/s (100k would take 15 min); Lite 2.5 FLAT is brute force.
-MAX_SIZE = {"qdrant": 10_000, "lite25-flat": 10_000}
+MAX_SIZE = {"qdrant": 20_000, "lite25-flat": 20_000}
 COLUMNS = [
-    ("system", "system"), ("n", "n"), ("ingest_vps", "ingest vec/s"), ("searchable_s", "searchable s"),
+    ("system", "system"), ("dataset", "data"), ("ingest_vps", "ingest vec/s"), ("searchable_s", "searchable s"),
     ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("batch_qps", "batch QPS"), ("recall", "recall@10"),
     ("fr_p50_ms", "20% filter p50 ms"), ("fr_recall", "filter recall"),
     ("similar_ids_p50_ms", "mean-of-ids p50 ms"), ("peak_rss_mb", "peak RSS MB"), ("disk_mb", "disk MB"),
@@ -89,7 +89,7 @@ def table(results: list[dict]) -> str:
     rows = [[h for _, h in COLUMNS]]
     for r in results:
         if "error" in r:
-            rows.append([r["system"], str(r.get("n", "")), r["error"][:90]] + [""] * (len(COLUMNS) - 3))
+            rows.append([r["system"], _data(r), r["error"][:90]] + [""] * (len(COLUMNS) - 3))
             continue
         rows.append([_fmt(r.get(k)) for k, _ in COLUMNS])
     widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(COLUMNS))]
@@ -105,10 +105,15 @@ def markdown(results: list[dict]) -> str:
     body = []
     for r in results:
         if "error" in r:
-            body.append(f"| {r['system']} | {r.get('n', '')} | {r['error'][:80]} |" + " |" * (len(COLUMNS) - 3))
+            body.append(f"| {r['system']} | {_data(r)} | {r['error'][:80]} |" + " |" * (len(COLUMNS) - 3))
         else:
             body.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in COLUMNS) + " |")
     return "\n".join([head, sep, *body])
+
+
+def _data(r: dict) -> str:
+    """The dataset of a result, or the size it was asked for when the worker failed early."""
+    return str(r.get("dataset", r.get("n", "")))
 
 
 def _fmt(v: object) -> str:
@@ -122,8 +127,8 @@ def _fmt(v: object) -> str:
 
 
 def write_csv(results: list[dict], path: Path) -> None:
-    keys = ["key", "system", "n", "ingest_s", "ingest_vps", "searchable_s", "p50_ms", "p95_ms", "qps_single",
-            "batch_qps", "recall", "recall_single", "fr_p50_ms", "fr_p95_ms", "fr_batch_qps", "fr_recall",
+    keys = ["key", "system", "dataset", "n", "dim", "ingest_s", "ingest_vps", "searchable_s", "p50_ms", "p95_ms",
+            "qps_single", "batch_qps", "recall", "recall_single", "fr_p50_ms", "fr_p95_ms", "fr_batch_qps", "fr_recall",
             "similar_ids_p50_ms", "similar_ids_recall", "peak_rss_mb", "disk_mb", "error"]
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -147,13 +152,15 @@ def plot(results_json: Path, png: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10k rows, fewer queries, systems of this venv")
-    parser.add_argument("--sizes", help="comma-separated row counts (default 10000,100000; quick: 10000)")
+    parser.add_argument("--sizes", help=f"comma-separated row counts and/or {data.CORPUS!r} "
+                        f"(default 10000,100000,{data.CORPUS}; quick: 10000)")
     parser.add_argument("--systems", help=f"comma-separated, from: {', '.join(SYSTEMS)}")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per system and size")
     args = parser.parse_args()
 
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([10_000] if args.quick else [10_000, 100_000])
+    default_sizes = "10000" if args.quick else f"10000,100000,{data.CORPUS}"
+    sizes = [s if s == data.CORPUS else int(s) for s in (args.sizes or default_sizes).split(",")]
     keys = args.systems.split(",") if args.systems else (QUICK_ORDER if args.quick else FULL_ORDER)
     unknown = [k for k in keys if k not in SYSTEMS]
     if unknown:
@@ -165,11 +172,12 @@ def main() -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         for size in sizes:
-            data.load(size)  # build and cache the data once, before the workers read it
+            ds = data.load(size)  # build and cache the data once, before the workers read it
+            rows = len(ds.vectors)
             for key in keys:
-                if size > MAX_SIZE.get(key, size):
+                if rows > MAX_SIZE.get(key, rows):
                     continue
-                print(f"[{time.time() - started:6.0f}s] {key} at {size:,} ...", flush=True)
+                print(f"[{time.time() - started:6.0f}s] {key} on {ds.name} ({rows:,} rows) ...", flush=True)
                 r = run_one(key, size, args.quick, Path(tmp), args.timeout, keep)
                 results.append(r)
                 status = r.get("error", f"p50 {r.get('p50_ms')} ms, recall {r.get('recall')}")

@@ -81,7 +81,7 @@ def latency_figures(lat: np.ndarray) -> dict[str, float]:
 def measure(system: System, ds: data.Dataset, quick: bool, reuse: bool) -> dict:
     share = system.query_share
     count = {k: max(10, int((v[1] if quick else v[0]) * share) // 10 * 10) for k, v in COUNTS.items()}
-    out: dict = {"n": len(ds.vectors), "dataset": ds.name}
+    out: dict = {"n": len(ds.vectors), "dim": int(ds.vectors.shape[1]), "dataset": ds.name}
     ids = ds.ids
     if reuse:
         system.reopen()
@@ -136,7 +136,7 @@ def measure(system: System, ds: data.Dataset, quick: bool, reuse: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
-    parser.add_argument("--size", type=int, required=True)
+    parser.add_argument("--size", required=True, help=f"rows of synthetic data, or {data.CORPUS!r}")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true")

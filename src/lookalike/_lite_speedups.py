@@ -54,6 +54,7 @@ def apply() -> bool:
             return True
         try:
             import milvus_lite
+            from milvus_lite.adapter.grpc import servicer
             from milvus_lite.engine import collection as engine_collection
             from milvus_lite.search import executor_indexed
         except ImportError:
@@ -63,30 +64,27 @@ def apply() -> bool:
         if version not in TESTED_VERSIONS:
             logger.debug("milvus_lite %s is not a tested version: speedups not applied", version)
             return False
-        original = executor_indexed.execute_search_with_index
-        fast = _make_fast_search(original)
-        executor_indexed.execute_search_with_index = fast
-        engine_collection.execute_search_with_index = fast
-        patched = ["search.executor_indexed.execute_search_with_index"]
-        engine_collection.Collection._num_entities = _make_fast_num_entities(
-            engine_collection.Collection._num_entities
-        )
-        patched.append("engine.collection.Collection._num_entities")
-        from milvus_lite.adapter.grpc import servicer
-
-        servicer.kv_pairs_to_index_params_dict = _make_index_params_translator(
-            servicer.kv_pairs_to_index_params_dict
-        )
-        patched.append("adapter.grpc.servicer.kv_pairs_to_index_params_dict")
+        fast_search = _make_fast_search(executor_indexed.execute_search_with_index)
+        targets: list[tuple[Any, str, Callable[[Any], Any]]] = [
+            (executor_indexed, "execute_search_with_index", lambda _original: fast_search),
+            # collection.py imported the function by name: replace that binding too.
+            (engine_collection, "execute_search_with_index", lambda _original: fast_search),
+            (engine_collection.Collection, "_num_entities", _make_fast_num_entities),
+            (servicer, "kv_pairs_to_index_params_dict", _make_index_params_translator),
+        ]
         try:
             from milvus_lite.index.faiss_hnsw import FaissHnswIndex
-        except ImportError:  # faiss missing: the engine falls back to brute force anyway
-            FaissHnswIndex = None
-        if FaissHnswIndex is not None:
-            FaissHnswIndex.search = _make_hnsw_search(FaissHnswIndex.search)
-            patched.append("index.faiss_hnsw.FaissHnswIndex.search")
+
+            targets.append((FaissHnswIndex, "search", _make_hnsw_search))
+        except ImportError:  # no faiss: the engine has no HNSW to speed up
+            pass
+        for owner, name, make in targets:
+            setattr(owner, name, make(getattr(owner, name)))
         _applied = True
-        logger.debug("milvus_lite %s: patched %s", version, ", ".join(patched))
+        logger.debug(
+            "milvus_lite %s: patched %s", version,
+            ", ".join(f"{getattr(owner, '__name__', owner)}.{name}" for owner, name, _ in targets),
+        )
         return True
 
 
