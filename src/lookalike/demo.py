@@ -59,8 +59,8 @@ def pick_package(records: Sequence[dict], wanted: str | None) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lookalike.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--limit", type=int, default=4000,
-                        help="index the first N records of the 10,000-record sample (default 4000; 0: all)")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="index only the first N records of the 10,000-record sample (default: all)")
     parser.add_argument("--package", help="the package to show similar items for (default: the first with en/fr/de)")
     parser.add_argument("--codops", default=None, help="organisation (default: $CODOPS, else 'demo')")
     parser.add_argument("--data-dir", default=None, help="embedded data directory (default: $LOOKALIKE_DATA_DIR)")
