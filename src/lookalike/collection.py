@@ -106,15 +106,17 @@ class Collection:
 
         ``output_fields=None`` returns every field, the vector included.
         """
-        ids = check_ids(ids)
         fields = self._read_fields(output_fields)
+        return [_plain(row, fields) for row in self.rows_by_id(check_ids(ids), fields)]
+
+    def rows_by_id(self, ids: list[str], fields: list[str]) -> list[dict[str, Any]]:
+        """The engine's rows for ``ids`` (checked ids), in their order, missing ones left out."""
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), IDS_PER_QUERY):
             batch = ids[start : start + IDS_PER_QUERY]
             rows = self.engine.read(f"read {self.name!r}", self.engine.milvus.query, self.name,
                                     filter=id_filter(batch), output_fields=fields, **self.read_options)
-            for row in rows:
-                found[row[ID_FIELD]] = _plain(row, fields)
+            found.update((row[ID_FIELD], row) for row in rows)
         return [found[i] for i in dict.fromkeys(ids) if i in found]
 
     def _read_fields(self, output_fields: Sequence[str] | None) -> list[str]:

@@ -133,7 +133,8 @@ class SimilarQuery:
 
     def stored_vectors(self, ids: list[str]) -> np.ndarray:
         """The vectors of ``ids``, in their order; NotFoundError names the ones not stored."""
-        found = {doc[ID_FIELD]: doc[VECTOR_FIELD] for doc in self.collection.get(ids, [VECTOR_FIELD])}
+        # the engine's rows as they are: no round trip of each vector through Python floats
+        found = {row[ID_FIELD]: row[VECTOR_FIELD] for row in self.collection.rows_by_id(ids, [ID_FIELD, VECTOR_FIELD])}
         missing = [i for i in ids if i not in found]
         if missing:
             shown = ", ".join(repr(i) for i in missing[:10])
