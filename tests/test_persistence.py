@@ -65,3 +65,17 @@ def test_a_second_process_gets_a_clear_error(tmp_path, request):
     assert str(tmp_path) in other.stdout and "one process at a time" in other.stdout
     assert "Traceback" not in other.stdout
 
+
+
+def test_closing_the_last_client_frees_the_directory_for_another_process(tmp_path, request):
+    first = Client(codops="ltlrt", data_dir=tmp_path)
+    second = Client(codops="chrts", data_dir=tmp_path)  # the same engine, shared in this process
+    first.create_collection("freed", dim=4).index([{"id": "a", "vec": [1, 0, 0, 0]}])
+    first.close()
+    assert second.list_collections() == []  # still open for the other organisation
+    second.close()
+    other = run_python(
+        "import sys\nfrom lookalike import Client\n"
+        "with Client(codops='ltlrt', data_dir=sys.argv[1]) as c:\n    print('COUNT', c.collection('freed').count())\n",
+        str(tmp_path), cwd=str(request.path.parent))
+    assert "COUNT 1" in other.stdout, other.stderr[-2000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +63,7 @@ class Engine:
     settings: Settings
     kind: str  # "lite" or "server"
     location: str  # a path or a URI, for messages
+    lite_path: str | None = None  # the embedded engine's file URI
     # collection -> until when its reads must be Strong (see read_options)
     _strong_until: dict[str, float] = field(default_factory=dict)
 
@@ -125,6 +127,9 @@ class Engine:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.milvus.close()
+        if self.lite_path is not None:
+            _release_lite(self.lite_path)
+            self.lite_path = None
 
 
 def open_engine(settings: Settings) -> Engine:
@@ -134,24 +139,43 @@ def open_engine(settings: Settings) -> Engine:
     return _open_server(settings)
 
 
+# Milvus Lite runs one in-process server per data directory, shared by every client of it in the
+# process; the last client to close stops it, so its files are complete and free for others.
+_lite_clients: dict[str, int] = {}
+_lite_clients_lock = threading.Lock()
+
+
+def _release_lite(path: str) -> None:
+    with _lite_clients_lock:
+        _lite_clients[path] -= 1
+        if _lite_clients[path]:
+            return
+        del _lite_clients[path]
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(path)
+
+
 def _open_lite(settings: Settings) -> Engine:
     data_dir = settings.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EngineUnavailableError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
-    path = str(data_dir / LITE_FILE)
+    path = os.path.abspath(data_dir / LITE_FILE)
     db = database_name(settings.codops)
     # Milvus Lite 3.2.2 spends ~85% of a search in Python loops over every row: patch them.
     apply_lite_speedups()
     try:
-        root = MilvusClient(path)
-        try:
-            if db not in root.list_databases():
-                root.create_database(db)
-        finally:
-            root.close()
-        milvus = MilvusClient(path, db_name=db)
+        with _lite_clients_lock:  # no close may stop the server while this client opens it
+            root = MilvusClient(path)
+            try:
+                if db not in root.list_databases():
+                    root.create_database(db)
+            finally:
+                root.close()
+            milvus = MilvusClient(path, db_name=db)
+            _lite_clients[path] = _lite_clients.get(path, 0) + 1
     except Exception as exc:  # noqa: BLE001
         if "Open local milvus failed" in str(exc):
             raise EngineUnavailableError(
@@ -161,7 +185,7 @@ def _open_lite(settings: Settings) -> Engine:
                 "or point LOOKALIKE_MILVUS_URI at a Milvus server."
             ) from None
         raise translate(exc, "open the embedded engine", settings, str(data_dir)) from None
-    return Engine(milvus, settings, "lite", str(data_dir))
+    return Engine(milvus, settings, "lite", str(data_dir), lite_path=path)
 
 
 def _open_server(settings: Settings) -> Engine:
