@@ -31,7 +31,8 @@ import data  # noqa: E402
 from systems import SYSTEMS  # noqa: E402
 
 FULL_ORDER = [
-    "lookalike", "pymilvus-lite", "pymilvus-lite-unpatched", "lite25-ivf", "lite25-flat",
+    "lookalike", "lite-api", "pymilvus-lite", "pymilvus-lite-unpatched", "pymilvus-lite-engine-budgets",
+    "lite25-ivf", "lite25-flat",
     "milvus-server", "faiss-hnsw", "numpy", "chroma", "lancedb", "qdrant",
 ]
 QUICK_ORDER = ["lookalike", "pymilvus-lite", "numpy"]

@@ -220,15 +220,62 @@ class PymilvusLiteUnpatched(PymilvusLite):
     query_share = 0.5
 
 
-class PymilvusLiteOneSegment(PymilvusLite):
-    """Lite 3.2.2 with memtable and WAL budgets above the data size: one flush, one segment.
+class PymilvusLiteEngineBudgets(PymilvusLite):
+    """Lite 3.2.2 with the engine's own write budgets (a 128 MB memtable, a 256 MB WAL) instead of
+    lookalike's (384 MiB, 1 GiB): segments of ~44k rows at 768-d, so three HNSW graphs per search
+    at 100k rows instead of one."""
 
-    Milvus Lite searches each segment's HNSW graph in turn, so fewer segments mean fewer graph
-    searches per query; segments are cut when the memtable (128 MB) or the WAL (256 MB) fills.
-    """
+    name = "pymilvus + Lite 3.2.2 (patched, engine's write budgets)"
+    env = {"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(128 << 20), "MILVUS_LITE_WAL_SIZE_LIMIT_BYTES": str(256 << 20)}
 
-    name = "pymilvus + Lite 3.2.2 (patched, 1 segment)"
-    env = {"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(2 << 30), "MILVUS_LITE_WAL_SIZE_LIMIT_BYTES": str(4 << 30)}
+
+class LiteEngineApi(System):
+    """Milvus Lite 3.2.2's own in-process API (``milvus_lite.MilvusLite``), with lookalike's engine
+    patches and budgets: the engine with neither pymilvus nor lookalike, the floor of their overhead."""
+
+    name = "Lite 3.2.2 in-process API (patched)"
+    param_name, default_param, sweep = "ef", 64, EF_SWEEP
+
+    def ingest(self, ids, vectors, languages):
+        import milvus_lite
+        from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite
+
+        from lookalike import _lite_speedups
+
+        self.info.update(milvus_lite=milvus_lite.__version__, speedups=_lite_speedups.apply())
+        self.db = MilvusLite(str(self.workdir / "engine"))
+        schema = CollectionSchema(fields=[
+            FieldSchema(name="id", dtype=DataType.VARCHAR, is_primary=True, max_length=64),
+            FieldSchema(name="vec", dtype=DataType.FLOAT_VECTOR, dim=self.dim),
+            FieldSchema(name="language", dtype=DataType.VARCHAR, max_length=16),
+        ])
+        self.col = col = self.db.create_collection("bench", schema)
+        col.create_index("vec", {"index_type": "HNSW", "metric_type": "IP", "params": HNSW})
+        col.create_index("language", {"index_type": "INVERTED"})
+        col.load()
+        for start in range(0, len(ids), BATCH):
+            stop = start + BATCH
+            col.insert([
+                {"id": i, "vec": v.tolist(), "language": str(lang)}
+                for i, v, lang in zip(ids[start:stop], vectors[start:stop], languages[start:stop], strict=True)
+            ])
+        col.flush()
+
+    def wait_indexed(self):
+        self.col._wait_for_bg()
+
+    def search(self, queries, fr_only, param):
+        hits = self.col.search([q.tolist() for q in queries], top_k=K, metric_type="IP",
+                               expr=FILTER_EXPR if fr_only else None, output_fields=["id"],
+                               anns_field="vec", search_params={"ef": param})
+        return [[h["id"] for h in per_query] for per_query in hits]
+
+    def vectors(self, ids):
+        rows = {r["id"]: r["vec"] for r in self.col.get(list(ids), output_fields=["vec"])}
+        return np.asarray([rows[i] for i in ids], dtype=np.float32)
+
+    def close(self):
+        self.db.close()
 
 
 class Lookalike(System):
@@ -513,7 +560,8 @@ SYSTEMS: dict[str, type[System]] = {
     "lookalike": Lookalike,
     "pymilvus-lite": PymilvusLite,
     "pymilvus-lite-unpatched": PymilvusLiteUnpatched,
-    "pymilvus-lite-1seg": PymilvusLiteOneSegment,
+    "pymilvus-lite-engine-budgets": PymilvusLiteEngineBudgets,
+    "lite-api": LiteEngineApi,
     "lite25-ivf": Lite25,
     "lite25-flat": Lite25Flat,
     "milvus-server": MilvusServer235,

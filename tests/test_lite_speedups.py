@@ -260,3 +260,59 @@ def test_hnsw_build_parameters_from_pymilvus_reach_the_index(tmp_path):
     graph = faiss.read_index(str(graphs[0]))
     hnsw = graph.hnsw
     assert (hnsw.nb_neighbors(0), hnsw.efConstruction) == (2 * 24, 40)  # level 0 holds 2*M links
+
+
+def test_flushed_memtable_table_is_the_engines_own(tmp_path, monkeypatch):
+    """The columnar flush writes the table the engine's cell-by-cell build writes: same rows,
+    same order, same values and nulls, with rows superseded or deleted inside the memtable."""
+    from milvus_lite.storage.memtable import MemTable
+
+    _lite_speedups.apply()
+    db = MilvusLite(str(tmp_path))
+    schema = CollectionSchema(fields=[
+        FieldSchema(name="id", dtype=DataType.VARCHAR, is_primary=True, max_length=32),
+        FieldSchema(name="vec", dtype=DataType.FLOAT_VECTOR, dim=DIM),
+        FieldSchema(name="language", dtype=DataType.VARCHAR, max_length=8),
+        FieldSchema(name="n", dtype=DataType.INT64, nullable=True),
+        FieldSchema(name="meta", dtype=DataType.JSON),
+    ])
+    col = db.create_collection("docs", schema)
+    col.create_partition("other")
+    rng = np.random.default_rng(5)
+
+    def records(pks: list[str], start: int) -> list[dict]:
+        return [
+            {**r, "n": None if i % 4 == 0 else r["n"], "meta": {"i": start + i, "tags": ["x"] * (i % 3)}}
+            for i, r in enumerate(_records(rng, pks, start))
+        ]
+
+    col.insert(records([f"a{i}" for i in range(50)], 0))
+    col.insert(records([f"b{i}" for i in range(30)], 50), partition_name="other")
+    col.upsert(records([f"a{i}" for i in range(10, 25)], 80))  # supersedes rows of the first batch
+    col.delete([f"a{i}" for i in range(40, 45)] + ["b3"])
+    col.insert(records(["a41", "b3"], 95))  # written again after the delete
+    memtable = col._memtable
+    assert len(memtable._insert_batches) == 4
+
+    fast = memtable.flush(known_partitions=["_default", "other"])
+    monkeypatch.setattr(MemTable, "_build_data_table", MemTable._build_data_table.__wrapped__)
+    slow = memtable.flush(known_partitions=["_default", "other"])
+    assert fast.keys() == slow.keys() == {"_default", "other"}
+    for partition in fast:
+        (fast_data, fast_delta), (slow_data, slow_delta) = fast[partition], slow[partition]
+        assert fast_data.schema.equals(slow_data.schema, check_metadata=True)
+        assert fast_data.equals(slow_data)
+        assert (fast_delta is None) == (slow_delta is None)
+    assert fast["_default"][0].num_rows == 50 - 5 + 2  # a41 and b3 written again, both here
+    db.close()
+
+
+def test_write_budgets_are_raised_unless_the_environment_sets_them():
+    _lite_speedups.apply()
+    assert engine_collection.MEMTABLE_MEMORY_LIMIT >= _lite_speedups.MEMTABLE_BYTES
+    assert engine_collection.WAL_SIZE_LIMIT >= _lite_speedups.WAL_BYTES
+    mb = 1 << 20
+    assert _lite_speedups.write_budgets({}, 128 * mb, 256 * mb) == (384 * mb, 1024 * mb)
+    assert _lite_speedups.write_budgets({}, 2048 * mb, 4096 * mb) == (2048 * mb, 4096 * mb)
+    chosen = {"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(64 * mb)}
+    assert _lite_speedups.write_budgets(chosen, 64 * mb, 256 * mb) == (64 * mb, 256 * mb)

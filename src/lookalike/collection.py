@@ -63,11 +63,9 @@ class Collection:
         once at the end. With a bound embedder, a document may carry ``text`` instead of ``vec``.
         """
         engine = self.engine
-        call = engine.milvus.upsert if upsert else engine.milvus.insert
 
         def write(rows: list[dict[str, Any]]) -> None:
-            with engine.errors(f"write to {self.name!r}"):
-                call(self.name, data=rows)
+            engine.write(self.name, f"write to {self.name!r}", rows, upsert)
 
         writer = DocumentWriter(
             self.spec,
@@ -114,8 +112,7 @@ class Collection:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), IDS_PER_QUERY):
             batch = ids[start : start + IDS_PER_QUERY]
-            rows = self.engine.read(f"read {self.name!r}", self.engine.milvus.query, self.name,
-                                    filter=id_filter(batch), output_fields=fields, **self.read_options)
+            rows = self.engine.get(self.name, f"read {self.name!r}", batch, fields, id_filter(batch))
             found.update((row[ID_FIELD], row) for row in rows)
         return [found[i] for i in dict.fromkeys(ids) if i in found]
 

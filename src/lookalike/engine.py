@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from ._lite_direct import LiteDirect, open_direct
 from ._lite_speedups import apply as apply_lite_speedups
 from .config import Settings
 from .engine_errors import translate_engine_error
@@ -64,6 +65,7 @@ class Engine:
     kind: str  # "lite" or "server"
     location: str  # a path or a URI, for messages
     lite_path: str | None = None  # the embedded engine's file URI
+    local: LiteDirect | None = None  # the embedded engine's in-process search, get and write
     # collection -> until when its reads must be Strong (see read_options)
     _strong_until: dict[str, float] = field(default_factory=dict)
 
@@ -123,6 +125,27 @@ class Engine:
                 if "consistency_level" in kwargs:
                     # A restarted 2.3 server's first Session read can miss unflushed rows.
                     kwargs["consistency_level"] = "Strong"
+
+    def search(self, collection: str, action: str, **query: Any) -> list[list[Any]]:
+        """``MilvusClient.search`` with the keywords ``data, filter, limit, output_fields,
+        search_params, anns_field``; in process on the embedded engine."""
+        if self.local is not None:
+            return self.read(action, self.local.search, collection, **query)
+        return self.read(action, self.milvus.search, collection, **query, **self.read_options(collection))
+
+    def get(self, collection: str, action: str, ids: list[str], output_fields: list[str], ids_filter: str) -> list[Any]:
+        """Rows by primary key (missing ones left out). A server is sent ``ids_filter``, the same
+        selection as an expression whose literals the caller has escaped."""
+        if self.local is not None:
+            return self.read(action, self.local.get, collection, ids, output_fields)
+        return self.read(action, self.milvus.query, collection, filter=ids_filter, output_fields=output_fields,
+                         **self.read_options(collection))
+
+    def write(self, collection: str, action: str, rows: list[dict[str, Any]], upsert: bool) -> None:
+        """``MilvusClient.upsert`` or ``insert``; in process on the embedded engine."""
+        target = self.local if self.local is not None else self.milvus
+        with self.errors(action):
+            (target.upsert if upsert else target.insert)(collection, data=rows)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -185,7 +208,7 @@ def _open_lite(settings: Settings) -> Engine:
                 "or point LOOKALIKE_MILVUS_URI at a Milvus server."
             ) from None
         raise translate(exc, "open the embedded engine", settings, str(data_dir)) from None
-    return Engine(milvus, settings, "lite", str(data_dir), lite_path=path)
+    return Engine(milvus, settings, "lite", str(data_dir), lite_path=path, local=open_direct(path, db))
 
 
 def _open_server(settings: Settings) -> Engine:

@@ -157,10 +157,9 @@ class SimilarQuery:
         params = search_params_for(self.spec, search_params, limit, filtered=bool(expr))
         engine = self.collection.engine
         try:
-            hits = engine.read(
-                f"search {self.collection.name!r}",
-                engine.milvus.search,
+            hits = engine.search(
                 self.collection.name,
+                f"search {self.collection.name!r}",
                 data=queries,
                 filter=expr,
                 limit=limit,
@@ -168,7 +167,6 @@ class SimilarQuery:
                 output_fields=fields or [ID_FIELD],
                 search_params=params,
                 anns_field=VECTOR_FIELD,
-                **self.collection.read_options,
             )
         except InvalidInputError as exc:
             if filter_expr:
