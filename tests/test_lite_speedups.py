@@ -109,6 +109,9 @@ def engine(tmp_path_factory):
     write([f"d{i}" for i in range(40)], 580)
     delete([f"b{i}" for i in range(30, 45)] + [f"c{i}" for i in range(0, 10)] + ["d0", "d1"])
     write(["c0", "c1", "a60"], 620, upsert=True)
+    # Segment graphs build in the engine's background worker; a segment searched before its graph
+    # is ready is scanned exactly instead, so results would depend on timing.
+    col._wait_for_bg()
     yield col, oracle
     db.close()
 
