@@ -193,3 +193,17 @@ def test_every_error_is_a_lookalike_error(col):
                  lambda: col.client.collection("never_created_here")):
         with pytest.raises(LookalikeError):
             call()
+
+
+def test_default_search_breadth():
+    """HNSW's ef when the caller sets none: wider for filtered and averaged queries, never below
+    the limit; the caller's own ef (either spelling) wins."""
+    from lookalike.retrieval import search_params_for
+    from lookalike.schema import build_spec
+
+    spec = build_spec(dim=8)
+    assert search_params_for(spec, None, 10, wide=False) == {"metric_type": "IP", "params": {"ef": 64}}
+    assert search_params_for(spec, None, 10, wide=True)["params"] == {"ef": 128}
+    assert search_params_for(spec, None, 500, wide=True)["params"] == {"ef": 500}
+    assert search_params_for(spec, {"ef": 32}, 10, wide=True)["params"] == {"ef": 32}
+    assert search_params_for(spec, {"params": {"ef": 40}}, 10, wide=False)["params"] == {"ef": 40}
