@@ -46,7 +46,7 @@ LITE25 := "setuptools<70" pymilvus==2.5.18 milvus-lite==2.5.1 psutil numpy
 
 bench-venvs: .venv-bench/.installed .venv-lite25/.installed
 
-# Every system side by side at 10k, 100k and on the real corpus (~25 min on 2 cores); results in bench/results/
+# Every system side by side at 10k, 100k and on the real corpus (15 min on 2 cores in the last run); results in bench/results/
 bench: install bench-venvs
 	$(BIN)/python bench/run.py
 
