@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench bench-quick bench-venvs
+.PHONY: install demo test test-all lint bench bench-quick bench-venvs bench-corpus
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,11 @@ LITE25 := "setuptools<70" pymilvus==2.5.18 milvus-lite==2.5.1 psutil numpy
 	touch $@
 
 bench-venvs: .venv-bench/.installed .venv-lite25/.installed
+
+# The whole DDTP corpus for `bench/run.py --sizes ddtp-50k,ddtp-all` (apt's translation lists: network once).
+bench-corpus: install
+	$(BIN)/python -m lookalike.corpus fetch
+	$(BIN)/python -m lookalike.corpus build --full --out bench/.cache/ddtp-full.jsonl.gz
 
 # Every system side by side at 10k, 100k and on the real corpus (15 min on 2 cores in the last run); results in bench/results/
 bench: install bench-venvs

@@ -8,6 +8,7 @@ Everything is seeded and cached as .npy under bench/.cache/.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +73,26 @@ def exact_topk(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
     return out
 
 
-CORPUS = "corpus"  # the size argument that selects the real corpus instead of synthetic data
+CORPUS = "corpus"  # the size argument that selects the shipped real corpus instead of synthetic data
+# The whole DDTP corpus, written by `make bench-corpus` (apt's lists: needs the network once).
+FULL_CORPUS = CACHE_DIR / "ddtp-full.jsonl.gz"
+# Size arguments for real text from the whole corpus: documents (before the held-out queries).
+FULL_CORPUS_SIZES = {"ddtp-50k": 50_000, "ddtp-all": None}
+# The languages the default model (USE multilingual v3) reads; the corpus has others (da, sk, uk, cs).
+MODEL_LANGUAGES = ("en", "fr", "de", "it", "es", "pt_BR", "ja", "ko", "pl", "ru", "zh_CN")
+
+
+def is_size(value: str) -> bool:
+    """Whether a --sizes entry names a dataset this module makes."""
+    return value.isdigit() or value == CORPUS or value in FULL_CORPUS_SIZES
 
 
 def load(n: int | str, n_queries: int = 1000, dim: int = 768, seed: int = 7) -> Dataset:
-    """Build (or read from the cache) the synthetic dataset of n vectors, or the corpus."""
+    """Build (or read from the cache) the synthetic dataset of n vectors, or a real corpus."""
     if n == CORPUS:
         return load_corpus(n_queries, seed)
+    if n in FULL_CORPUS_SIZES:
+        return load_full_corpus(str(n), n_queries, seed)
     n = int(n)
     key = hashlib.sha1(json.dumps([n, n_queries, dim, seed, 2]).encode()).hexdigest()[:10]
     path = CACHE_DIR / f"synthetic-{n}-{key}.npz"
@@ -93,14 +107,29 @@ def load(n: int | str, n_queries: int = 1000, dim: int = 768, seed: int = 7) -> 
 
 
 def load_corpus(n_queries: int = 1000, seed: int = 7) -> Dataset:
-    """The shipped DDTP sample (every description and translation) through the default embedder.
-
-    Queries are held-out documents of the same corpus. Embedding ~18k texts takes minutes once;
-    the vectors are cached with the model's name, and embedded again when the default model
-    changes. Workers of the peers' venvs (no lookalike there) read the cache bench/run.py wrote.
-    """
+    """The shipped DDTP sample (every description and translation) through the default embedder."""
     key = hashlib.sha1(json.dumps([n_queries, seed, 1]).encode()).hexdigest()[:10]
-    path = CACHE_DIR / f"corpus-{key}.npz"
+    return _embedded_corpus(CACHE_DIR / f"corpus-{key}.npz", "sample", None, n_queries, seed)
+
+
+def load_full_corpus(size: str, n_queries: int = 1000, seed: int = 7) -> Dataset:
+    """The first documents (smallest md5 first) of the whole DDTP corpus in the model's languages,
+    or all of them: real text beyond the shipped sample."""
+    limit = FULL_CORPUS_SIZES[size]
+    key = hashlib.sha1(json.dumps([size, n_queries, seed, 1]).encode()).hexdigest()[:10]
+    path = CACHE_DIR / f"{size}-{key}.npz"
+    if not path.exists() and not FULL_CORPUS.exists():
+        raise FileNotFoundError(f"{FULL_CORPUS} is missing: run `make bench-corpus` (needs apt's network once)")
+    return _embedded_corpus(path, "full", None if limit is None else limit + n_queries, n_queries, seed)
+
+
+def _embedded_corpus(path: Path, source: str, limit: int | None, n_queries: int, seed: int) -> Dataset:
+    """DDTP documents through the default embedder, ``n_queries`` of them held out as queries.
+
+    Embedding takes minutes once; the vectors are cached with the model's name, and embedded
+    again when the default model changes. Workers of the peers' venvs (no lookalike there) read
+    the cache bench/run.py wrote.
+    """
     try:
         from lookalike import corpus, embedding
     except ImportError:
@@ -108,7 +137,10 @@ def load_corpus(n_queries: int = 1000, seed: int = 7) -> Dataset:
     model = embedding.get_embedder() if embedding else None
     stale = model is not None and (not path.exists() or str(np.load(path)["model"]) != repr(model))
     if stale:
-        docs = list(corpus.documents(corpus.load_sample()))
+        if source == "sample":
+            docs = list(corpus.documents(corpus.load_sample()))
+        else:
+            docs = list(itertools.islice(corpus.documents(corpus.load_records(FULL_CORPUS), MODEL_LANGUAGES), limit))
         vectors = model.encode([d["text"] for d in docs]).astype(np.float32)
         languages = np.array([d["language"] for d in docs])
         rng = np.random.default_rng(seed)

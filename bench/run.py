@@ -153,15 +153,18 @@ def plot(results_json: Path, png: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10k rows, fewer queries, systems of this venv")
-    parser.add_argument("--sizes", help=f"comma-separated row counts and/or {data.CORPUS!r} "
-                        f"(default 10000,100000,{data.CORPUS}; quick: 10000)")
+    parser.add_argument("--sizes", help=f"comma-separated row counts, {data.CORPUS!r} (the shipped sample) and/or "
+                        f"{', '.join(data.FULL_CORPUS_SIZES)} (make bench-corpus first); "
+                        f"default 10000,100000,{data.CORPUS}; quick: 10000")
     parser.add_argument("--systems", help=f"comma-separated, from: {', '.join(SYSTEMS)}")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per system and size")
     args = parser.parse_args()
 
     default_sizes = "10000" if args.quick else f"10000,100000,{data.CORPUS}"
-    sizes = [s if s == data.CORPUS else int(s) for s in (args.sizes or default_sizes).split(",")]
+    sizes = [int(s) if s.isdigit() else s for s in (args.sizes or default_sizes).split(",")]
+    if not all(data.is_size(str(s)) for s in sizes):
+        parser.error(f"--sizes takes row counts, {data.CORPUS!r} and {', '.join(data.FULL_CORPUS_SIZES)}")
     keys = args.systems.split(",") if args.systems else (QUICK_ORDER if args.quick else FULL_ORDER)
     unknown = [k for k in keys if k not in SYSTEMS]
     if unknown:

@@ -226,7 +226,8 @@ class PymilvusLiteEngineBudgets(PymilvusLite):
     at 100k rows instead of one."""
 
     name = "pymilvus + Lite 3.2.2 (patched, engine's write budgets)"
-    env = {"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(128 << 20), "MILVUS_LITE_WAL_SIZE_LIMIT_BYTES": str(256 << 20)}
+    env = {"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(128 << 20),
+           "MILVUS_LITE_WAL_SIZE_LIMIT_BYTES": str(256 << 20)}
 
 
 class LiteEngineApi(System):

@@ -136,7 +136,8 @@ def measure(system: System, ds: data.Dataset, quick: bool, reuse: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--system", required=True, choices=sorted(SYSTEMS))
-    parser.add_argument("--size", required=True, help=f"rows of synthetic data, or {data.CORPUS!r}")
+    parser.add_argument("--size", required=True,
+                        help=f"rows of synthetic data, {data.CORPUS!r}, or one of {sorted(data.FULL_CORPUS_SIZES)}")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true")

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _lite_memory
+
 logger = logging.getLogger(__name__)
 
 #: Milvus Lite versions whose search internals this module was checked against.
@@ -84,6 +86,7 @@ def apply() -> bool:
             targets.append((FaissHnswIndex, "search", _make_hnsw_search))
         except ImportError:  # no faiss: the engine has no HNSW to speed up
             pass
+        targets.extend(_lite_memory.targets())
         for owner, name, make in targets:
             setattr(owner, name, make(getattr(owner, name)))
         # collection.py imported the budgets by name when milvus_lite was imported
@@ -472,7 +475,7 @@ def _make_columnar_flush(original: Callable[..., Any]) -> Callable[..., Any]:
     The engine builds the flushed table cell by cell through Python objects: every vector of the
     memtable becomes a list of Python floats (~1.1 GB for a 128 MB memtable of 768-d vectors),
     then Arrow converts them back. This gathers the same rows from the memtable's Arrow batches
-    with one ``take``.
+    with one ``take``, or none when every row is live and in order.
     """
     import pyarrow as pa
 
@@ -483,8 +486,11 @@ def _make_columnar_flush(original: Callable[..., Any]) -> Callable[..., Any]:
         starts = np.cumsum([0] + [batch.num_rows for batch in batches[:-1]], dtype=np.int64)
         where = np.fromiter((starts[b] + r for b, r in rows), dtype=np.int64, count=len(rows))
         names = self._data_schema.names
-        gathered = pa.Table.from_batches(batches).select(names).take(where)
-        return pa.Table.from_arrays(gathered.columns, schema=self._data_schema)
+        table = pa.Table.from_batches(batches).select(names)
+        if not (len(where) == table.num_rows and (where == np.arange(len(where))).all()):
+            table = table.take(where)
+        # Every row live and in order (a memtable of new rows): the batches' own buffers, no copy.
+        return pa.Table.from_arrays(table.columns, schema=self._data_schema)
 
     _build_data_table.__doc__ = original.__doc__
     _build_data_table.__wrapped__ = original  # type: ignore[attr-defined]

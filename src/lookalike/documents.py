@@ -123,8 +123,11 @@ class Row:
 
     @property
     def size(self) -> int:
-        """A rough byte count for chunking."""
-        return 64 + sum(len(v) if isinstance(v, str) else 16 for v in self.values.values())
+        """A rough byte count for chunking (a vector counts its float32 bytes)."""
+        return 64 + sum(
+            len(v) if isinstance(v, str) else v.nbytes if isinstance(v, np.ndarray) else 16
+            for v in self.values.values()
+        )
 
 
 class DocumentValidator:
