@@ -92,3 +92,21 @@ def make_docs(n: int, dim: int = 16, seed: int = 0, start: int = 0) -> list[dict
         }
         for i in range(start, start + n)
     ]
+
+
+def lite_schema(dim: int, auto_id: bool = False):
+    """A Milvus Lite engine schema with every kind of field the engine patches handle: a string
+    (or auto-generated integer) key, a vector, a string, a nullable integer and JSON."""
+    from milvus_lite import CollectionSchema
+    from milvus_lite import DataType as LiteType
+    from milvus_lite import FieldSchema as LiteField
+
+    key = (LiteField(name="id", dtype=LiteType.INT64, is_primary=True, auto_id=True) if auto_id
+           else LiteField(name="id", dtype=LiteType.VARCHAR, is_primary=True, max_length=32))
+    return CollectionSchema(fields=[
+        key,
+        LiteField(name="vec", dtype=LiteType.FLOAT_VECTOR, dim=dim),
+        LiteField(name="language", dtype=LiteType.VARCHAR, max_length=8),
+        LiteField(name="n", dtype=LiteType.INT64, nullable=True),
+        LiteField(name="meta", dtype=LiteType.JSON),
+    ])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_docs
+from conftest import lite_schema, make_docs
 from pymilvus import DataType, FieldSchema
 
 from lookalike import Client, _lite_direct
@@ -112,86 +112,63 @@ def test_other_engine_versions_read_through_pymilvus(tmp_path, monkeypatch):
         client.close()
 
 
-def _engine_collection(db, name: str, auto_id: bool = False):
-    from milvus_lite import CollectionSchema
-    from milvus_lite import DataType as LiteType
-    from milvus_lite import FieldSchema as LiteField
+@pytest.fixture
+def engine(tmp_path):
+    """Milvus Lite's own in-process engine, without lookalike around it."""
+    from milvus_lite import MilvusLite
 
-    pk = (LiteField(name="id", dtype=LiteType.INT64, is_primary=True, auto_id=True) if auto_id
-          else LiteField(name="id", dtype=LiteType.VARCHAR, is_primary=True, max_length=32))
-    schema = CollectionSchema(fields=[
-        pk,
-        LiteField(name="vec", dtype=LiteType.FLOAT_VECTOR, dim=16),
-        LiteField(name="language", dtype=LiteType.VARCHAR, max_length=8),
-        LiteField(name="rank", dtype=LiteType.INT64, nullable=True),
-        LiteField(name="tags", dtype=LiteType.JSON),
-    ])
-    return db.create_collection(name, schema)
+    db = MilvusLite(str(tmp_path / "engine"))
+    yield db
+    db.close()
 
 
 def _engine_records(n: int, seed: int) -> list[dict]:
     vecs = np.random.default_rng(seed).standard_normal((n, 16)).astype(np.float32)
-    return [{"id": f"d{i}", "vec": v, "language": ("en", "fr")[i % 2], "rank": None if i % 3 == 0 else i,
-             "tags": {"i": i, "t": ["x"] * (i % 2)}} for i, v in enumerate(vecs)]
+    return [{"id": f"d{i}", "vec": v, "language": ("en", "fr")[i % 2], "n": None if i % 3 == 0 else i,
+             "meta": {"i": i, "t": ["x"] * (i % 2)}} for i, v in enumerate(vecs)]
 
 
-def test_column_writes_store_what_the_engines_insert_stores(tmp_path):
-    from milvus_lite import MilvusLite
-
-    db = MilvusLite(str(tmp_path / "engine"))
-    try:
-        columns, rows = _engine_collection(db, "columns"), _engine_collection(db, "rows")
-        for seed, n in ((1, 50), (2, 30)):
-            records = _engine_records(n, seed)
-            assert _lite_direct.writes_columns(columns, records, upsert=True)
-            _lite_direct.write_columns(columns, records)
-            rows.insert(_lite_direct._engine_rows(records))
-        assert [len(b) for b in columns._memtable._insert_batches] == [50, 30]
-        for ours, theirs in zip(columns._memtable._insert_batches, rows._memtable._insert_batches, strict=True):
-            assert ours.equals(theirs)
-        ids = [f"d{i}" for i in range(50)]
-        assert columns.get(ids) == rows.get(ids)  # the second write superseded d0..d29
-        columns.flush()
-        rows.flush()
-        (ours,), (theirs,) = columns._segment_cache.values(), rows._segment_cache.values()
-        assert ours.table.equals(theirs.table)
-    finally:
-        db.close()
+def test_column_writes_store_what_the_engines_insert_stores(engine):
+    columns = engine.create_collection("columns", lite_schema(16))
+    rows = engine.create_collection("rows", lite_schema(16))
+    for seed, n in ((1, 50), (2, 30)):
+        records = _engine_records(n, seed)
+        assert _lite_direct.writes_columns(columns, records, upsert=True)
+        _lite_direct.write_columns(columns, records)
+        rows.insert(_lite_direct._engine_rows(records))
+    assert [len(b) for b in columns._memtable._insert_batches] == [50, 30]
+    for ours, theirs in zip(columns._memtable._insert_batches, rows._memtable._insert_batches, strict=True):
+        assert ours.equals(theirs)
+    ids = [f"d{i}" for i in range(50)]
+    assert columns.get(ids) == rows.get(ids)  # the second write superseded d0..d29
+    columns.flush()
+    rows.flush()
+    (ours,), (theirs,) = columns._segment_cache.values(), rows._segment_cache.values()
+    assert ours.table.equals(theirs.table)
 
 
-def test_column_writes_refuse_what_the_engine_refuses_and_store_nothing(tmp_path):
-    from milvus_lite import MilvusLite
+def test_column_writes_refuse_what_the_engine_refuses_and_store_nothing(engine):
     from milvus_lite.exceptions import SchemaValidationError
 
-    db = MilvusLite(str(tmp_path / "engine"))
-    try:
-        col = _engine_collection(db, "docs")
-        records = _engine_records(5, 3)
-        records[3]["language"] = "much too long"
-        with pytest.raises(SchemaValidationError) as ours:
-            _lite_direct.write_columns(col, records)
-        with pytest.raises(SchemaValidationError) as theirs:
-            col.insert(_lite_direct._engine_rows(records))
-        assert str(ours.value) == str(theirs.value)
-        records[3]["language"] = "en"
-        records[2]["vec"] = records[2]["vec"][:8]
-        with pytest.raises(SchemaValidationError, match="vec"):
-            _lite_direct.write_columns(col, records)
-        assert col.num_entities == 0 and col._next_seq == 1
-    finally:
-        db.close()
+    col = engine.create_collection("docs", lite_schema(16))
+    records = _engine_records(5, 3)
+    records[3]["language"] = "much too long"
+    with pytest.raises(SchemaValidationError) as ours:
+        _lite_direct.write_columns(col, records)
+    with pytest.raises(SchemaValidationError) as theirs:
+        col.insert(_lite_direct._engine_rows(records))
+    assert str(ours.value) == str(theirs.value)
+    records[3]["language"] = "en"
+    records[2]["vec"] = records[2]["vec"][:8]
+    with pytest.raises(SchemaValidationError, match="vec"):
+        _lite_direct.write_columns(col, records)
+    assert col.num_entities == 0 and col._next_seq == 1
 
 
-def test_writes_the_engine_completes_go_through_its_own_insert(tmp_path):
-    from milvus_lite import MilvusLite
-
-    db = MilvusLite(str(tmp_path / "engine"))
-    try:
-        col = _engine_collection(db, "docs")
-        partial = [{k: v for k, v in r.items() if k != "rank"} for r in _engine_records(3, 4)]
-        assert _lite_direct.writes_columns(col, partial, upsert=False)
-        assert not _lite_direct.writes_columns(col, partial, upsert=True)  # the engine fills rank in
-        auto = _engine_collection(db, "auto", auto_id=True)
-        assert not _lite_direct.writes_columns(auto, _engine_records(3, 4), upsert=False)
-    finally:
-        db.close()
+def test_writes_the_engine_completes_go_through_its_own_insert(engine):
+    col = engine.create_collection("docs", lite_schema(16))
+    partial = [{k: v for k, v in r.items() if k != "n"} for r in _engine_records(3, 4)]
+    assert _lite_direct.writes_columns(col, partial, upsert=False)
+    assert not _lite_direct.writes_columns(col, partial, upsert=True)  # the engine fills n in
+    auto = engine.create_collection("auto", lite_schema(16, auto_id=True))
+    assert not _lite_direct.writes_columns(auto, _engine_records(3, 4), upsert=False)

@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import lite_schema
 
 milvus_lite = pytest.importorskip("milvus_lite")
-from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite  # noqa: E402
+from milvus_lite import MilvusLite  # noqa: E402
 from milvus_lite.engine import flush as engine_flush  # noqa: E402
 from milvus_lite.storage import segment as engine_segment  # noqa: E402
 
@@ -32,14 +33,7 @@ def _vectors(n: int, seed: int) -> np.ndarray:
 
 
 def _collection(db: MilvusLite, name: str, metric: str = "IP"):
-    schema = CollectionSchema(fields=[
-        FieldSchema(name="id", dtype=DataType.VARCHAR, is_primary=True, max_length=32),
-        FieldSchema(name="vec", dtype=DataType.FLOAT_VECTOR, dim=DIM),
-        FieldSchema(name="language", dtype=DataType.VARCHAR, max_length=8),
-        FieldSchema(name="n", dtype=DataType.INT64, nullable=True),
-        FieldSchema(name="meta", dtype=DataType.JSON),
-    ])
-    col = db.create_collection(name, schema)
+    col = db.create_collection(name, lite_schema(DIM))
     col.create_index("vec", {"index_type": "HNSW", "metric_type": metric, "params": {"M": 8, "efConstruction": 64}})
     col.load()
     return col

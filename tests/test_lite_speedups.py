@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import lite_schema
 
 milvus_lite = pytest.importorskip("milvus_lite")
 from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite  # noqa: E402
@@ -272,14 +273,7 @@ def test_flushed_memtable_table_is_the_engines_own(tmp_path, monkeypatch):
 
     _lite_speedups.apply()
     db = MilvusLite(str(tmp_path))
-    schema = CollectionSchema(fields=[
-        FieldSchema(name="id", dtype=DataType.VARCHAR, is_primary=True, max_length=32),
-        FieldSchema(name="vec", dtype=DataType.FLOAT_VECTOR, dim=DIM),
-        FieldSchema(name="language", dtype=DataType.VARCHAR, max_length=8),
-        FieldSchema(name="n", dtype=DataType.INT64, nullable=True),
-        FieldSchema(name="meta", dtype=DataType.JSON),
-    ])
-    col = db.create_collection("docs", schema)
+    col = db.create_collection("docs", lite_schema(DIM))
     col.create_partition("other")
     rng = np.random.default_rng(5)
 
