@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import threading
 import time
@@ -51,8 +50,20 @@ class PeakRss(threading.Thread):
 
     def result(self) -> int:
         self.stop.set()
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-        return max(self.peak, own)
+        return max(self.peak, own_high_water_mark())
+
+
+def own_high_water_mark() -> int:
+    """This process's peak resident memory in bytes (what sampling can miss between samples).
+
+    Linux's VmHWM belongs to the process's own address space. ``ru_maxrss`` would not do: it
+    survives exec, so a worker would report at least what bench/run.py held when it started it.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return 0
 
 
 def rows_of(ids_found: list[list[str]]) -> list[list[int]]:
