@@ -87,12 +87,16 @@ def is_size(value: str) -> bool:
     return value.isdigit() or value == CORPUS or value in FULL_CORPUS_SIZES
 
 
-def load(n: int | str, n_queries: int = 1000, dim: int = 768, seed: int = 7) -> Dataset:
-    """Build (or read from the cache) the synthetic dataset of n vectors, or a real corpus."""
+def load(n: int | str, n_queries: int = 1000, dim: int = 768, seed: int = 7, cached: bool = False) -> Dataset:
+    """Build (or read from the cache) the synthetic dataset of n vectors, or a real corpus.
+
+    ``cached``: read a corpus's cached vectors as they are, without loading the embedder to check
+    them (bench/run.py has checked them; a worker must not hold the model in its memory).
+    """
     if n == CORPUS:
-        return load_corpus(n_queries, seed)
+        return load_corpus(n_queries, seed, cached)
     if n in FULL_CORPUS_SIZES:
-        return load_full_corpus(str(n), n_queries, seed)
+        return load_full_corpus(str(n), n_queries, seed, cached)
     n = int(n)
     key = hashlib.sha1(json.dumps([n, n_queries, dim, seed, 2]).encode()).hexdigest()[:10]
     path = CACHE_DIR / f"synthetic-{n}-{key}.npz"
@@ -106,13 +110,13 @@ def load(n: int | str, n_queries: int = 1000, dim: int = 768, seed: int = 7) -> 
     return _read(path, name)
 
 
-def load_corpus(n_queries: int = 1000, seed: int = 7) -> Dataset:
+def load_corpus(n_queries: int = 1000, seed: int = 7, cached: bool = False) -> Dataset:
     """The shipped DDTP sample (every description and translation) through the default embedder."""
     key = hashlib.sha1(json.dumps([n_queries, seed, 1]).encode()).hexdigest()[:10]
-    return _embedded_corpus(CACHE_DIR / f"corpus-{key}.npz", "sample", None, n_queries, seed)
+    return _embedded_corpus(CACHE_DIR / f"corpus-{key}.npz", "sample", None, n_queries, seed, cached)
 
 
-def load_full_corpus(size: str, n_queries: int = 1000, seed: int = 7) -> Dataset:
+def load_full_corpus(size: str, n_queries: int = 1000, seed: int = 7, cached: bool = False) -> Dataset:
     """The first documents (smallest md5 first) of the whole DDTP corpus in the model's languages,
     or all of them: real text beyond the shipped sample."""
     limit = FULL_CORPUS_SIZES[size]
@@ -120,20 +124,22 @@ def load_full_corpus(size: str, n_queries: int = 1000, seed: int = 7) -> Dataset
     path = CACHE_DIR / f"{size}-{key}.npz"
     if not path.exists() and not FULL_CORPUS.exists():
         raise FileNotFoundError(f"{FULL_CORPUS} is missing: run `make bench-corpus` (needs apt's network once)")
-    return _embedded_corpus(path, "full", None if limit is None else limit + n_queries, n_queries, seed)
+    return _embedded_corpus(path, "full", None if limit is None else limit + n_queries, n_queries, seed, cached)
 
 
-def _embedded_corpus(path: Path, source: str, limit: int | None, n_queries: int, seed: int) -> Dataset:
+def _embedded_corpus(path: Path, source: str, limit: int | None, n_queries: int, seed: int,
+                     cached: bool) -> Dataset:
     """DDTP documents through the default embedder, ``n_queries`` of them held out as queries.
 
     Embedding takes minutes once; the vectors are cached with the model's name, and embedded
-    again when the default model changes. Workers of the peers' venvs (no lookalike there) read
-    the cache bench/run.py wrote.
+    again when the default model changes. Workers read the cache bench/run.py wrote.
     """
-    try:
-        from lookalike import corpus, embedding
-    except ImportError:
-        corpus = embedding = None
+    corpus = embedding = None
+    if not (cached and path.exists()):
+        try:
+            from lookalike import corpus, embedding
+        except ImportError:  # a peer's venv: only the cache can be read
+            pass
     model = embedding.get_embedder() if embedding else None
     stale = model is not None and (not path.exists() or str(np.load(path)["model"]) != repr(model))
     if stale:

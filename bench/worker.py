@@ -157,7 +157,7 @@ def main() -> int:
 
     rss = PeakRss()
     rss.start()
-    ds = data.load(args.size)
+    ds = data.load(args.size, cached=True)  # run.py prepared it
     args.workdir.mkdir(parents=True, exist_ok=True)
     system = SYSTEMS[args.system](args.workdir, ds.vectors.shape[1], len(ds.vectors))
     result: dict = {"system": system.name, "key": args.system, "param_name": system.param_name,
