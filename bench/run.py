@@ -112,6 +112,26 @@ def markdown(results: list[dict]) -> str:
     return "\n".join([head, sep, *body])
 
 
+def sweep_markdown(results: list[dict]) -> str:
+    """Recall@10 at each value of the search parameter, with its single-query p50, per dataset
+    and parameter (ef for HNSW, nprobe for IVF)."""
+    out = []
+    swept = [r for r in results if r.get("sweep")]
+    for dataset, param in dict.fromkeys((r["dataset"], r["param_name"]) for r in swept):
+        rows = [r for r in swept if (r["dataset"], r["param_name"]) == (dataset, param)]
+        values = sorted({p["param"] for r in rows for p in r["sweep"]})
+        out += [f"### {dataset}: recall@10 @ single-query p50 (ms), by {param}", "",
+                f"| system | {' | '.join(f'{param} {v}' for v in values)} |", "|" + "---|" * (len(values) + 1)]
+        for r in rows:
+            for filtered in (False, True):
+                points = {p["param"]: p for p in r["sweep"] if p["filtered"] == filtered}
+                cells = [f"{points[v]['recall']:.3f} @ {_fmt(points[v]['p50_ms'])}" if v in points else "—"
+                         for v in values]
+                out.append(f"| {r['system']}{', 20% filter' if filtered else ''} | {' | '.join(cells)} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def _data(r: dict) -> str:
     """The dataset of a result, or the size it was asked for when the worker failed early."""
     return str(r.get("dataset", r.get("n", "")))
@@ -194,7 +214,7 @@ def main() -> int:
     results_json = args.out / "results.json"
     results_json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     write_csv(results, args.out / "results.csv")
-    (args.out / "results.md").write_text(markdown(results) + "\n")
+    (args.out / "results.md").write_text(markdown(results) + "\n\n" + sweep_markdown(results))
     print()
     print(table(results))
     print()
