@@ -38,5 +38,8 @@ def test_quick_bench_writes_results_with_recall(tmp_path):
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [row["key"] for row in rows] == ["lookalike", "pymilvus-lite", "numpy"]
-    assert (tmp_path / "results.md").read_text().startswith("| system |")
+    report_md = (tmp_path / "results.md").read_text()
+    assert report_md.startswith("| system |")
+    sweep_md = report_md.split("### synthetic-10k: recall@10 @ single-query p50 (ms), by ef")[1]
+    assert next(line for line in sweep_md.splitlines() if line.startswith("| lookalike |")).count(" @ ") == 5
     assert "lookalike" in proc.stdout

@@ -313,3 +313,25 @@ def test_write_budgets_are_raised_unless_the_environment_sets_them():
     assert _lite_speedups.write_budgets({}, 2048 * mb, 4096 * mb) == (2048 * mb, 4096 * mb)
     chosen = {"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(64 * mb)}
     assert _lite_speedups.write_budgets(chosen, 64 * mb, 256 * mb) == (64 * mb, 256 * mb)
+
+
+def test_a_memtable_of_new_rows_flushes_without_a_copy(tmp_path, monkeypatch):
+    from milvus_lite.storage.memtable import MemTable
+
+    _lite_speedups.apply()
+    db = MilvusLite(str(tmp_path))
+    col = db.create_collection("docs", lite_schema(DIM))
+    rng = np.random.default_rng(6)
+    for start in (0, 40, 70):
+        records = _records(rng, [f"a{i}" for i in range(start, start + 30)], start)
+        col.insert([{**r, "meta": {"i": r["n"]}} for r in records])
+    memtable = col._memtable
+    (fast, _), = memtable.flush(known_partitions=["_default"]).values()
+    monkeypatch.setattr(MemTable, "_build_data_table", MemTable._build_data_table.__wrapped__)
+    (slow, _), = memtable.flush(known_partitions=["_default"]).values()
+    assert fast.equals(slow) and fast.schema.equals(slow.schema, check_metadata=True)
+    vectors = fast.column("vec")
+    assert [chunk.values.buffers()[1].address for chunk in vectors.chunks] == [
+        batch.column("vec").values.buffers()[1].address for batch in memtable._insert_batches
+    ]
+    db.close()

@@ -207,3 +207,16 @@ def test_default_search_breadth():
     assert search_params_for(spec, None, 500, wide=True)["params"] == {"ef": 500}
     assert search_params_for(spec, {"ef": 32}, 10, wide=True)["params"] == {"ef": 32}
     assert search_params_for(spec, {"params": {"ef": 40}}, 10, wide=False)["params"] == {"ef": 40}
+
+
+def test_chunks_count_vector_bytes():
+    """A chunk stays under CHUNK_BYTES however wide the vectors: 4096 float32 are 16 KiB a row."""
+    import numpy as np
+
+    from lookalike.documents import CHUNK_BYTES, CHUNK_ROWS, Row, chunks
+
+    rows = [Row(f"d{i}", {"id": f"d{i}", "vec": np.zeros(4096, dtype=np.float32)}) for i in range(3000)]
+    sizes = [len(chunk) for chunk in chunks(rows)]
+    assert sum(sizes) == 3000
+    assert max(sizes) < CHUNK_ROWS
+    assert all(sum(row.size for row in rows[:n]) <= CHUNK_BYTES for n in sizes)
