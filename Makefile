@@ -51,7 +51,7 @@ bench-corpus: install
 	$(BIN)/python -m lookalike.corpus fetch
 	$(BIN)/python -m lookalike.corpus build --full --out bench/.cache/ddtp-full.jsonl.gz
 
-# Every system side by side at 10k, 100k and on the real corpus (15 min on 2 cores in the last run); results in bench/results/
+# Every system side by side at 10k, 100k and on the shipped corpus (22 min on 2 cores in the last run); results in bench/results/
 bench: install bench-venvs
 	$(BIN)/python bench/run.py
 

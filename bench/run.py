@@ -41,7 +41,7 @@ MAX_SIZE = {"qdrant": 20_000, "lite25-flat": 20_000}
 COLUMNS = [
     ("system", "system"), ("dataset", "data"), ("ingest_vps", "ingest vec/s"), ("searchable_s", "searchable s"),
     ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("batch_qps", "batch QPS"), ("recall", "recall@10"),
-    ("fr_p50_ms", "20% filter p50 ms"), ("fr_recall", "filter recall"),
+    ("fr_p50_ms", "filter p50 ms"), ("fr_recall", "filter recall"),
     ("similar_ids_p50_ms", "mean-of-ids p50 ms"), ("peak_rss_mb", "peak RSS MB"), ("disk_mb", "disk MB"),
 ]
 
@@ -127,7 +127,7 @@ def sweep_markdown(results: list[dict]) -> str:
                 points = {p["param"]: p for p in r["sweep"] if p["filtered"] == filtered}
                 cells = [f"{points[v]['recall']:.3f} @ {_fmt(points[v]['p50_ms'])}" if v in points else "—"
                          for v in values]
-                out.append(f"| {r['system']}{', 20% filter' if filtered else ''} | {' | '.join(cells)} |")
+                out.append(f"| {r['system']}{', filtered' if filtered else ''} | {' | '.join(cells)} |")
         out.append("")
     return "\n".join(out)
 
