@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -43,7 +44,7 @@ class LiteDirect:
     def __init__(self, db: Any, database: str) -> None:
         self._db = db
         self._database = database
-        self._write_lock = _write_locks.setdefault(id(db), threading.Lock())
+        self._write_lock = _write_lock_of(db)
 
     def search(
         self,
@@ -108,8 +109,14 @@ class LiteDirect:
             raise MilvusException(status["code"], status["reason"], status["error_code"]) from exc
 
 
-# One lock per engine object (shared by the clients of one data directory in this process).
-_write_locks: dict[int, threading.Lock] = {}
+# One write lock per engine object, shared by the clients of one data directory in this process.
+_write_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_write_locks_lock = threading.Lock()
+
+
+def _write_lock_of(db: Any) -> threading.Lock:
+    with _write_locks_lock:
+        return _write_locks.setdefault(db, threading.Lock())
 
 
 def writes_columns(collection: Any, records: list[dict[str, Any]], upsert: bool) -> bool:
