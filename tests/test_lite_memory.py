@@ -1,11 +1,13 @@
 """The memory patches keep what the engine stores: a segment made from the flushed table equals
 the file read back, and a segment whose vectors live in its HNSW graph returns the same rows
-and search results as the engine's own copy."""
+and search results as the engine's own copy; a graph that adopts a segment's memory is, byte for
+byte, the graph the engine builds from a copy."""
 
 from __future__ import annotations
 
 import gc
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,6 +17,7 @@ from conftest import lite_schema
 milvus_lite = pytest.importorskip("milvus_lite")
 from milvus_lite import MilvusLite  # noqa: E402
 from milvus_lite.engine import flush as engine_flush  # noqa: E402
+from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 from milvus_lite.storage import segment as engine_segment  # noqa: E402
 
 from lookalike import _lite_memory, _lite_speedups  # noqa: E402
@@ -118,12 +121,55 @@ def test_segment_vectors_live_in_the_hnsw_graph(db):
     assert np.array_equal(table.column("vec").chunk(0).values.to_numpy().reshape(-1, DIM), vectors)
 
 
+def _graph_address(index: FaissHnswIndex) -> int:
+    """Where the graph's flat storage keeps its vectors."""
+    return faiss.rev_swig_ptr(faiss.downcast_index(index._index.storage).get_xb(), 1).ctypes.data
+
+
+def test_the_graph_adopts_the_memory_the_segment_was_loaded_into(db, tmp_path, monkeypatch):
+    loaded = []
+    read_block = _lite_memory._read_vector_block
+
+    def recording(*args):
+        column = read_block(*args)
+        loaded.append(column.values.buffers()[1].address)
+        return column
+
+    monkeypatch.setattr(_lite_memory, "_read_vector_block", recording)
+    col = _collection(db, "docs")
+    vectors = _vectors(400, 7)
+    col.insert(_records(vectors, "a"))
+    col.flush()
+    (seg,) = _segments(col)
+    assert loaded == [_graph_address(seg.indexes["vec"])]  # one block, no copy of it
+    assert seg.vectors.ctypes.data == loaded[0]
+    assert np.array_equal(seg.vectors, vectors)
+    assert not list((tmp_path / "engine").rglob("*.vectors"))  # the scratch file is gone
+
+
+@pytest.mark.parametrize("metric", ["IP", "L2"])
+def test_a_graph_over_a_segment_block_is_the_engines_graph(metric):
+    vectors = _vectors(500, 8)
+    block = _lite_memory._SegmentVectors(*vectors.shape)
+    np.asarray(block)[:] = vectors
+    params = {"M": 8, "efConstruction": 40}
+    adopted = FaissHnswIndex.build(np.asarray(block), metric, params)
+    engines = FaissHnswIndex.build.__wrapped__(vectors.copy(), metric, params)
+    assert block.graph is adopted._index and _graph_address(adopted) == np.asarray(block).ctypes.data
+    assert adopted.num_vectors == engines.num_vectors == len(vectors)
+    assert faiss.serialize_index(adopted._index).tobytes() == faiss.serialize_index(engines._index).tobytes()
+    # A block is adopted once: a second graph over it gets its own copy.
+    again = FaissHnswIndex.build(np.asarray(block), metric, params)
+    assert _graph_address(again) != _graph_address(adopted)
+
+
 def test_search_results_do_not_change_when_the_vectors_move(db, monkeypatch):
     def build(name: str, share: bool):
         with monkeypatch.context() as m:
-            if not share:
+            if not share:  # the engine's own build and attach: the graph copies the vectors
                 attach = engine_segment.Segment.attach_index
                 m.setattr(engine_segment.Segment, "attach_index", attach.__wrapped__)
+                m.setattr(FaissHnswIndex, "build", FaissHnswIndex.build.__wrapped__)
             col = _collection(db, name)
             for part in range(3):  # three segments
                 col.insert(_records(_vectors(120, 10 + part), f"p{part}-"))
