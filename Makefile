@@ -16,7 +16,7 @@ install: $(STAMP)
 
 # The main job: index the shipped multilingual corpus and show similar items.
 demo: install
-	$(BIN)/python -m lookalike.demo
+	$(BIN)/python -m lookalike.quality.demo
 
 # The default suite (slow suites excluded). pytest exits 5 when it collected no tests: fail then.
 test: install
@@ -48,8 +48,8 @@ bench-venvs: .venv-bench/.installed .venv-lite25/.installed
 
 # The whole DDTP corpus for `bench/run.py --sizes ddtp-50k,ddtp-all` (apt's translation lists: network once).
 bench-corpus: install
-	$(BIN)/python -m lookalike.corpus fetch
-	$(BIN)/python -m lookalike.corpus build --full --out bench/.cache/ddtp-full.jsonl.gz
+	$(BIN)/python -m lookalike.quality.corpus fetch
+	$(BIN)/python -m lookalike.quality.corpus build --full --out bench/.cache/ddtp-full.jsonl.gz
 
 # Every system side by side at 10k, 100k and on the shipped corpus (22 min on 2 cores in the last run); results in bench/results/
 bench: install bench-venvs

@@ -5,7 +5,7 @@ per core at recall@10 >= 0.95.
     python bench/capacity.py            # N = 50k and 100k (~10-15 min); waits for other benchmarks
     python bench/capacity.py --quick    # N = 10k, fewer queries (~2 min); does not wait
 
-Each N gets a fresh server (``lookalike.server.MilvusServer``, authentication on), one provisioned
+Each N gets a fresh server (``lookalike.ops.milvus_server.MilvusServer``, authentication on), one provisioned
 organisation, and the library's own calls: ``Collection.index`` (one flush), ``Collection.similar``
 (single queries) and ``Collection.similar_batch`` (100 queries a call). Root only watches (segment
 states). Figures are taken once the server's background work (compaction, index builds) is over.
@@ -49,9 +49,10 @@ import grpc  # noqa: E402
 from pymilvus import MilvusClient  # noqa: E402
 from pymilvus.exceptions import MilvusException  # noqa: E402
 
-from lookalike import Client, Settings, admin  # noqa: E402
-from lookalike.engine import database_name  # noqa: E402
-from lookalike.server import MilvusServer  # noqa: E402
+from lookalike import Client, Settings  # noqa: E402
+from lookalike.engines import database_name  # noqa: E402
+from lookalike.ops import admin  # noqa: E402
+from lookalike.ops.milvus_server import MilvusServer  # noqa: E402
 
 # provision() probes each grant with calls that fail on purpose; pymilvus logs each at ERROR.
 logging.getLogger("pymilvus").setLevel(logging.CRITICAL)

@@ -137,7 +137,7 @@ def _embedded_corpus(path: Path, source: str, limit: int | None, n_queries: int,
     corpus = embedding = None
     if not (cached and path.exists()):
         try:
-            from lookalike import corpus, embedding
+            from lookalike.quality import corpus, embedding
         except ImportError:  # a peer's venv: only the cache can be read
             pass
     model = embedding.get_embedder() if embedding else None

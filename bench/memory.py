@@ -64,7 +64,7 @@ def mark_engine_steps(recorder: Recorder) -> None:
     from milvus_lite.engine.collection import Collection
     from milvus_lite.storage.segment import Segment
 
-    from lookalike import _lite_speedups
+    from lookalike.engines.lite.patches import search as _lite_speedups
 
     _lite_speedups.apply()  # patch first, so the marks wrap the methods that run
     for owner, name in ((Collection, "_trigger_flush"), (Segment, "load"), (Segment, "build_or_load_index")):

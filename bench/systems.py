@@ -169,7 +169,7 @@ class PymilvusLite(System):
         from pymilvus import MilvusClient
 
         if self.patched:
-            from lookalike import _lite_speedups
+            from lookalike.engines.lite.patches import search as _lite_speedups
 
             self.info["speedups"] = _lite_speedups.apply()
         self.info.update(pymilvus=pymilvus.__version__, milvus_lite=milvus_lite.__version__)
@@ -241,7 +241,7 @@ class LiteEngineApi(System):
         import milvus_lite
         from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite
 
-        from lookalike import _lite_speedups
+        from lookalike.engines.lite.patches import search as _lite_speedups
 
         self.info.update(milvus_lite=milvus_lite.__version__, speedups=_lite_speedups.apply())
         self.db = MilvusLite(str(self.workdir / "engine"))
@@ -408,7 +408,7 @@ class MilvusServer235(PymilvusLite):
         import pymilvus
         from pymilvus import MilvusClient
 
-        from lookalike.server import MilvusServer
+        from lookalike.ops.milvus_server import MilvusServer
 
         self.server = MilvusServer(data_dir=self.workdir / "server", die_with_parent=True).start()
         self.setup_s = self.server.start_seconds or 0.0

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from lookalike import admin
 from lookalike.config import Secret, Settings
-from lookalike.server import MILVUS_WHEEL, MilvusServer, wheel_available
+from lookalike.ops import admin
+from lookalike.ops.milvus_server import MILVUS_WHEEL, MilvusServer, wheel_available
 
 # The session's server, once started: `exclusive_server` pauses it.
 _session_server: list[MilvusServer] = []

@@ -10,11 +10,11 @@ import pytest
 from pymilvus import MilvusClient
 from server_fixture import ServerOrganisation
 
-from lookalike import admin
 from lookalike.config import Secret
-from lookalike.engine_errors import translate_engine_error
+from lookalike.engines.errors import translate_engine_error
 from lookalike.errors import AuthenticationError, EngineUnavailableError, InvalidInputError, PermissionDeniedError
-from lookalike.server import MilvusServer
+from lookalike.ops import admin
+from lookalike.ops.milvus_server import MilvusServer
 
 server = pytest.mark.server
 DIM = 8

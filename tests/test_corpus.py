@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lookalike import corpus
-from lookalike.corpus import (
+from lookalike.errors import InvalidInputError, NotFoundError
+from lookalike.quality import corpus
+from lookalike.quality.corpus import (
     SAMPLE_LANGUAGES,
     SAMPLE_SIZE,
     build_records,
@@ -20,7 +21,6 @@ from lookalike.corpus import (
     load_sample,
     write_records,
 )
-from lookalike.errors import InvalidInputError, NotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_build_command_writes_the_corpus(lists_dir: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(not list(corpus.APT_LISTS.glob("*_i18n_Translation-fr*")),
-                    reason="apt has no French translations here (python -m lookalike.corpus fetch)")
+                    reason="apt has no French translations here (python -m lookalike.quality.corpus fetch)")
 def test_apt_lists_give_records_like_the_sample() -> None:
     # Translations change upstream over time, so compare the shape and the join, not the bytes.
     records = build_records(corpus.APT_LISTS, SAMPLE_LANGUAGES, limit=200)

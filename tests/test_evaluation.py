@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from lookalike import Client
-from lookalike.corpus import description_text
 from lookalike.embedding import CallableEmbedder
 from lookalike.errors import InvalidInputError
-from lookalike.evaluation import (
+from lookalike.quality.corpus import description_text
+from lookalike.quality.evaluation import (
     ann_recall,
     collection_recall,
     crosslingual_tasks,
@@ -100,7 +100,7 @@ def test_evaluate_writes_a_table_and_json(tmp_path, monkeypatch) -> None:
     assert "oracle" in table and "tfidf-char3-5" in table
     assert len(table.splitlines()) == 2 + len(rows)
 
-    monkeypatch.setattr("lookalike.evaluation.load_sample", lambda limit=None: RECORDS)
+    monkeypatch.setattr("lookalike.quality.evaluation.load_sample", lambda limit=None: RECORDS)
     assert main(["--models", "default", "--ann-models", "", "--cache-dir", str(tmp_path / "c"),
                  "--out", str(tmp_path / "results")]) == 0
     (written,) = (tmp_path / "results").glob("eval-*.json")

@@ -8,7 +8,8 @@ import pytest
 from conftest import lite_schema, make_docs
 from pymilvus import DataType, FieldSchema
 
-from lookalike import Client, _lite_direct
+from lookalike import Client
+from lookalike.engines.lite import direct as _lite_direct
 from lookalike.errors import InvalidInputError, NotFoundError
 
 milvus_lite = pytest.importorskip("milvus_lite")

@@ -20,7 +20,8 @@ from milvus_lite.engine import flush as engine_flush  # noqa: E402
 from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 from milvus_lite.storage import segment as engine_segment  # noqa: E402
 
-from lookalike import _lite_memory, _lite_speedups  # noqa: E402
+from lookalike.engines.lite.patches import memory as _lite_memory  # noqa: E402
+from lookalike.engines.lite.patches import search as _lite_speedups  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     milvus_lite.__version__ not in _lite_speedups.TESTED_VERSIONS,

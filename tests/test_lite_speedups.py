@@ -18,7 +18,7 @@ from milvus_lite.engine import collection as engine_collection  # noqa: E402
 from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 from milvus_lite.search import executor_indexed  # noqa: E402
 
-from lookalike import _lite_speedups  # noqa: E402
+from lookalike.engines.lite.patches import search as _lite_speedups  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     milvus_lite.__version__ not in _lite_speedups.TESTED_VERSIONS,

@@ -14,16 +14,16 @@ import psutil
 import pytest
 from pymilvus import MilvusClient
 
-from lookalike.engine_errors import translate_engine_error
+from lookalike.engines.errors import translate_engine_error
 from lookalike.errors import AuthenticationError, EngineUnavailableError
-from lookalike.server import PASSWORD_FILE, PIDFILE, MilvusServer, reap, reap_orphans
+from lookalike.ops.milvus_server import PASSWORD_FILE, PIDFILE, MilvusServer, reap, reap_orphans
 
 pytestmark = pytest.mark.server
 
 # Starts a server in a child process, says where it is, then waits to be killed.
 _STARTER = """
 import json, sys, time
-from lookalike.server import MilvusServer
+from lookalike.ops.milvus_server import MilvusServer
 server = MilvusServer(die_with_parent={die_with_parent}).start()
 print(json.dumps({{"pid": server.pid, "data_dir": str(server.data_dir)}}), flush=True)
 time.sleep(600)

@@ -18,7 +18,7 @@ from docs_session import documented_session
 from fastapi.testclient import TestClient
 
 from lookalike.config import Settings
-from lookalike.service import create_app
+from lookalike.http.app import create_app
 
 TOKENS = {"ltlrt": "token-of-ltlrt-7f3a", "bbc": "token-of-bbc-91c2"}
 ENVIRON = {f"CODOPS_{code.upper()}_API_TOKEN": token for code, token in TOKENS.items()}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lookalike import Client, ConflictError, InvalidInputError
-from lookalike.demo import main as demo_main
 from lookalike.embedding import CallableEmbedder
+from lookalike.quality.demo import main as demo_main
 
 PAIRS = [
     ("The cat sleeps on the sofa.", "Le chat dort sur le canapé.", "Die Katze schläft auf dem Sofa."),

@@ -25,6 +25,7 @@ from .errors import (
     LookalikeError,
     NotFoundError,
     PermissionDeniedError,
+    StorageError,
 )
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ __all__ = [
     "PermissionDeniedError",
     "Secret",
     "Settings",
+    "StorageError",
     "connect",
     "count",
     "create_collection",

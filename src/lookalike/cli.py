@@ -24,24 +24,9 @@ from . import fileio
 from .client import Client
 from .config import Secret, Settings, password_variable
 from .errors import (
-    AuthenticationError,
-    ConflictError,
-    EngineUnavailableError,
     LookalikeError,
-    NotFoundError,
-    PermissionDeniedError,
 )
 from .schema import creation_options
-
-# Exit codes scripts can test; 2 is click's for a usage error.
-EXIT_CODES: list[tuple[type[LookalikeError], int]] = [
-    (NotFoundError, 3),
-    (ConflictError, 4),
-    (EngineUnavailableError, 5),
-    (AuthenticationError, 6),
-    (PermissionDeniedError, 6),
-    (LookalikeError, 1),
-]
 
 out = Console(soft_wrap=True)
 
@@ -59,8 +44,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except LookalikeError as error:
-            raise _fail(str(error), next(c for cls, c in EXIT_CODES if isinstance(error, cls))
-                        ) from None
+            raise _fail(str(error), error.exit_code) from None
         except OSError as error:  # a file the user named cannot be written or read
             raise _fail(str(error)) from None
 
@@ -391,7 +375,7 @@ def serve(
     """Run the HTTP service (see docs/http.md); it owns the embedded data directory."""
     import uvicorn
 
-    from .service import create_app
+    from .http.app import create_app
 
     uvicorn.run(create_app(settings=ctx.ensure_object(_Session).settings()), host=host, port=port)
 
@@ -413,8 +397,8 @@ def evaluate(
     (full text and synopsis, TF-IDF baseline beside them) and the ANN index's recall@10."""
     from datetime import datetime, timezone
 
-    from . import evaluation
-    from .corpus import load_sample
+    from .quality import evaluation
+    from .quality.corpus import load_sample
 
     names = models.split(",") if models else evaluation.available_models()
     result = evaluation.evaluate(names, load_sample(limit=limit),
@@ -456,7 +440,7 @@ def admin_provision(
     The secret is read from CODOPS_<CODE>_MILVUS_PASSWORD, the variable the organisation's own
     processes use. Idempotent; a new secret replaces the old one.
     """
-    from . import admin
+    from .ops import admin
 
     variable = password_variable(code)
     secret = os.environ.get(variable, "")
@@ -470,7 +454,7 @@ def admin_provision(
 @admin_app.command("list")
 def admin_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List the organisations provisioned on the server."""
-    from . import admin
+    from .ops import admin
 
     codes = admin.list_organisations(*_root(ctx))
     _report(as_json, codes, "\n".join(codes) if codes else "No organisations.")
@@ -485,7 +469,7 @@ def admin_revoke(
     as_json: JsonFlag = False,
 ) -> None:
     """Remove an organisation's user and role (and, with --drop-data, its data)."""
-    from . import admin
+    from .ops import admin
 
     if drop_data and not yes:
         typer.confirm(f"Drop every collection of organisation {code!r}?", abort=True)

@@ -12,7 +12,7 @@ from pymilvus import DataType, FieldSchema
 
 from .collection import Collection, check_embedder
 from .config import Settings
-from .engine import open_engine
+from .engines import open_engine
 from .errors import ConflictError, InvalidInputError, NotFoundError
 from .schema import (
     DEFAULT_DIM,

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pymilvus.exceptions import MilvusException
 
-from ._lite_speedups import TESTED_VERSIONS
+from .patches.search import TESTED_VERSIONS
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@
   partly a lexical match.
 - ANN recall: recall@k of a collection's index against exact search over the same vectors.
 
-``python -m lookalike.evaluation`` measures the shipped sample and writes
+``python -m lookalike.quality.evaluation`` measures the shipped sample and writes
 ``bench/results/eval-<date>.json``.
 """
 
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..embedding import BUILTIN_MODELS, Embedder, embed_texts, get_embedder
+from ..errors import InvalidInputError, LookalikeError
 from .corpus import description_text, documents, load_sample
-from .embedding import BUILTIN_MODELS, Embedder, embed_texts, get_embedder
-from .errors import InvalidInputError, LookalikeError
 
 if TYPE_CHECKING:
-    from .collection import Collection
+    from ..collection import Collection
 
 TARGETS = ("fr", "de")
 
@@ -81,7 +81,7 @@ def crosslingual_tasks(
     targets: Sequence[str] = TARGETS,
     synopsis_only: bool = False,
 ) -> list[CrossLingualTask]:
-    """One task per target language over ``records`` (DDTP records, see :mod:`lookalike.corpus`)."""
+    """One task per target language over ``records`` (DDTP records, see :mod:`lookalike.quality.corpus`)."""
     tasks = []
     for target in targets:
         pool = [r for r in records if target in r["texts"]]
@@ -215,7 +215,7 @@ def collection_recall(
     """Index the records' texts with ``embedder`` in a fresh embedded collection (the default
     HNSW index) and measure :func:`ann_recall` on it for each search ``ef`` (None: the
     engine's default)."""
-    from .client import Client
+    from ..client import Client
 
     docs = list(documents(records))
     vectors = embed_texts(embedder, [d["text"] for d in docs], cache_dir=cache_dir)
@@ -268,8 +268,8 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lookalike.evaluation``: print the table and write it under bench/results/."""
-    parser = argparse.ArgumentParser(prog="python -m lookalike.evaluation", description=__doc__,
+    """``python -m lookalike.quality.evaluation``: print the table and write it under bench/results/."""
+    parser = argparse.ArgumentParser(prog="python -m lookalike.quality.evaluation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(available_models()),
                         help="comma-separated built-in names or model paths")

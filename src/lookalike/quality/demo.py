@@ -1,6 +1,6 @@
 """The main job: index real multilingual package descriptions and show similar items.
 
-``python -m lookalike.demo`` embeds the shipped Debian description sample with the default
+``python -m lookalike.quality.demo`` embeds the shipped Debian description sample with the default
 model, indexes it on the embedded engine (a re-run reuses what is stored), and prints "more
 like this" for a package, the same restricted by language and section, and free-text queries
 that find descriptions in other languages, with the time each step took.
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.table import Table
 
-from .client import Client
+from ..client import Client
 from .corpus import documents, load_sample
 
 COLLECTION = "ddtp_demo"
@@ -58,7 +58,7 @@ def pick_package(records: Sequence[dict], wanted: str | None) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lookalike.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lookalike.quality.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=0,
                         help="index only the first N records of the 10,000-record sample (default: all)")
     parser.add_argument("--package", help="the package to show similar items for (default: the first with en/fr/de)")

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from ._lite_direct import LiteDirect, open_direct
-from ._lite_speedups import apply as apply_lite_speedups
-from .config import Settings
-from .engine_errors import translate_engine_error
-from .errors import EngineUnavailableError, InvalidInputError, LookalikeError
+from ..config import Settings
+from ..errors import EngineUnavailableError, InvalidInputError, LookalikeError
+from .errors import translate_engine_error
+from .lite.direct import LiteDirect, open_direct
+from .lite.patches import apply as apply_lite_speedups
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

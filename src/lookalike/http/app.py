@@ -26,19 +26,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
-from .client import Client
-from .config import Secret, Settings, password_variable, validate_codops
-from .errors import (
-    AuthenticationError,
-    ConflictError,
-    EngineUnavailableError,
+from .. import __version__
+from ..client import Client
+from ..config import Secret, Settings, password_variable, validate_codops
+from ..errors import (
     InvalidInputError,
     LookalikeError,
-    NotFoundError,
-    PermissionDeniedError,
 )
-from .schema import creation_options
+from ..schema import creation_options
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +41,6 @@ DEFAULT_MAX_LIMIT = 1000
 # 1,000 documents of 768 float32 values as JSON text are ~13 MB: a batch that size fits.
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 _TOKEN_VARIABLE = re.compile(r"^CODOPS_([A-Z][A-Z0-9]{1,31})_API_TOKEN$")
-
-# Library errors -> HTTP statuses. AuthenticationError means Milvus refused the service's own
-# credentials for the organisation: the client is not at fault, the service cannot proceed.
-_STATUS = [
-    (InvalidInputError, 400, "invalid_input"),
-    (NotFoundError, 404, "not_found"),
-    (ConflictError, 409, "conflict"),
-    (PermissionDeniedError, 403, "permission_denied"),
-    (AuthenticationError, 503, "engine_authentication_failed"),
-    (EngineUnavailableError, 503, "engine_unavailable"),
-    (LookalikeError, 500, "internal_error"),
-]
 
 
 def token_variable(codops: str) -> str:
@@ -380,7 +363,7 @@ def _positive(env: Mapping[str, str], variable: str, default: int) -> int:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LookalikeError)
     async def library_error(request: Request, exc: LookalikeError) -> JSONResponse:
-        status, kind = next((s, k) for cls, s, k in _STATUS if isinstance(exc, cls))
+        status, kind = exc.http_status, exc.kind
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.url.path, exc)
         return _error(status, kind, str(exc))

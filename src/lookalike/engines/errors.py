@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import grpc
 from pymilvus.exceptions import MilvusException
 
-from .errors import (
+from ..errors import (
     AuthenticationError,
     EngineUnavailableError,
     InvalidInputError,

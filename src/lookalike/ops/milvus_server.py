@@ -28,9 +28,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..config import Secret
+from ..errors import EngineUnavailableError
 from .admin import restrict_public_role
-from .config import Secret
-from .errors import EngineUnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The server enforces the isolation: an organisation's user holds a role whose pri
 granted on its own database only, and the built-in ``public`` role (every user has it) loses
 the privileges that let anyone list and describe collections in every database. Milvus 2.3
 grants those back to ``public`` at every server start: :func:`restrict_public_role` must run
-again after each restart (:class:`lookalike.server.MilvusServer` does it; on Milvus 2.5+ set
+again after each restart (:class:`lookalike.ops.milvus_server.MilvusServer` does it; on Milvus 2.5+ set
 ``common.security.enablePublicPrivilege: false`` instead).
 
 All functions take the server's root credentials (``LOOKALIKE_MILVUS_ROOT_TOKEN``, ``root:...``).
@@ -21,10 +21,10 @@ import grpc
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from .config import Secret, validate_codops
-from .engine import database_name
-from .engine_errors import grpc_code, redact_uri, translate_engine_error
-from .errors import AuthenticationError, InvalidInputError, PermissionDeniedError
+from ..config import Secret, validate_codops
+from ..engines import database_name
+from ..engines.errors import grpc_code, redact_uri, translate_engine_error
+from ..errors import AuthenticationError, InvalidInputError, PermissionDeniedError
 
 # What lookalike does in an organisation's database, and nothing more (no ListDatabases, no
 # user or role management). AlterCollection (collection properties) needs CreateCollection.

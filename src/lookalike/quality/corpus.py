@@ -7,7 +7,7 @@ translations, the package's section and its source package::
      "texts": {"en": {"synopsis": "...", "body": "..."}, "fr": {...}, "de": {...}}}
 
 A sample of 10,000 records ships with the package (:func:`load_sample`); ``python -m
-lookalike.corpus build`` rebuilds it, or the whole corpus, from apt's lists on a Debian machine.
+lookalike.quality.corpus build`` rebuilds it, or the whole corpus, from apt's lists on a Debian machine.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
-from .errors import InvalidInputError, LookalikeError, NotFoundError
+from ..errors import InvalidInputError, LookalikeError, NotFoundError
 
 # The languages apt is asked for; the Debian 12 main archive has translations in all of them.
 LANGUAGES = ("en", "fr", "de", "it", "es", "pt_BR", "da", "ja", "ru", "uk", "pl", "cs", "zh_CN",
@@ -219,7 +219,7 @@ def build_records(
     if missing:
         raise NotFoundError(
             f"no translations for {', '.join(missing)} under {lists_dir}: run "
-            "`python -m lookalike.corpus fetch` (apt-get update with Acquire::Languages)"
+            "`python -m lookalike.quality.corpus fetch` (apt-get update with Acquire::Languages)"
         )
     packages = read_packages(lists_dir)
     keys = set(texts["en"]).intersection(packages, *(texts[lang] for lang in required))
@@ -251,8 +251,8 @@ def write_records(records: Iterable[dict], path: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lookalike.corpus fetch|build``: get apt's translations, write the corpus."""
-    parser = argparse.ArgumentParser(prog="python -m lookalike.corpus", description=__doc__,
+    """``python -m lookalike.quality.corpus fetch|build``: get apt's translations, write the corpus."""
+    parser = argparse.ArgumentParser(prog="python -m lookalike.quality.corpus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("fetch", help="apt-get update with the translation files")

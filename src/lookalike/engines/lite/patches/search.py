@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _lite_memory
+from . import memory as _lite_memory
 
 logger = logging.getLogger(__name__)
 

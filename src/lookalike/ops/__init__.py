@@ -1,0 +1,1 @@
+"""Operations: organisation admin on a server, and the local Milvus server launcher."""

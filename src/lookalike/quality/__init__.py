@@ -1,0 +1,1 @@
+"""Quality: the shipped corpus, evaluation, and the demo."""
