@@ -64,9 +64,9 @@ def mark_engine_steps(recorder: Recorder) -> None:
     from milvus_lite.engine.collection import Collection
     from milvus_lite.storage.segment import Segment
 
-    from lookalike.engines.lite.patches import search as _lite_speedups
+    from lookalike.engines.lite import patches as lite_patches
 
-    _lite_speedups.apply()  # patch first, so the marks wrap the methods that run
+    lite_patches.apply()  # patch first, so the marks wrap the methods that run
     for owner, name in ((Collection, "_trigger_flush"), (Segment, "load"), (Segment, "build_or_load_index")):
         original = getattr(owner, name)
 

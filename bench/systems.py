@@ -169,9 +169,9 @@ class PymilvusLite(System):
         from pymilvus import MilvusClient
 
         if self.patched:
-            from lookalike.engines.lite.patches import search as _lite_speedups
+            from lookalike.engines.lite import patches as lite_patches
 
-            self.info["speedups"] = _lite_speedups.apply()
+            self.info["speedups"] = lite_patches.apply()
         self.info.update(pymilvus=pymilvus.__version__, milvus_lite=milvus_lite.__version__)
         return MilvusClient(str(self.workdir / "milvus.db"))
 
@@ -241,9 +241,9 @@ class LiteEngineApi(System):
         import milvus_lite
         from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite
 
-        from lookalike.engines.lite.patches import search as _lite_speedups
+        from lookalike.engines.lite import patches as lite_patches
 
-        self.info.update(milvus_lite=milvus_lite.__version__, speedups=_lite_speedups.apply())
+        self.info.update(milvus_lite=milvus_lite.__version__, speedups=lite_patches.apply())
         self.db = MilvusLite(str(self.workdir / "engine"))
         schema = CollectionSchema(fields=[
             FieldSchema(name="id", dtype=DataType.VARCHAR, is_primary=True, max_length=64),
@@ -304,7 +304,7 @@ class Lookalike(System):
 
     def wait_indexed(self):
         if self.client.engine.kind == "lite":
-            wait_lite_indexed()
+            self.client.engine.wait_for_index(self.col.name)
 
     def search(self, queries, fr_only, param):
         expr = FILTER_EXPR if fr_only else None

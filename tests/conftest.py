@@ -15,10 +15,11 @@ from pymilvus import DataType, FieldSchema
 from lookalike import Client
 
 # A real Milvus server for tests marked `server` (skipped without the milvus==2.3.5 wheel).
-pytest_plugins = ["server_fixture"]
+pytest_plugins = ["server_fixture", "conftest_core"]  # conftest_core: the `core` marker (CI runs it unpatched)
 
-# Keep any test from touching the user's real data directory or organisation.
-for variable in [v for v in os.environ if v.startswith("CODOPS") or v.startswith("LOOKALIKE_")]:
+# Keep any test from touching the user's real data directory or organisation (the patch switch
+# stays: `make test` runs the core suite with LOOKALIKE_LITE_PATCHES=0).
+for variable in [v for v in os.environ if v.startswith(("CODOPS", "LOOKALIKE_")) and v != "LOOKALIKE_LITE_PATCHES"]:
     del os.environ[variable]
 
 _names = itertools.count()
@@ -38,7 +39,7 @@ SEED_INDEXES = {
 
 @pytest.fixture(scope="session")
 def lite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One embedded data directory for the session: opening Milvus Lite costs a server thread."""
+    """One embedded data directory for the session: opening it recovers every collection in it."""
     return tmp_path_factory.mktemp("lite")
 
 

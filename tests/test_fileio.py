@@ -12,6 +12,8 @@ from lookalike.fileio import (
     HEADER_KEY,
     count_rows,
     detect_format,
+    document_line,
+    header_line,
     open_writer,
     read_batches,
     read_header,
@@ -75,6 +77,17 @@ def test_jsonl_header_is_the_first_line_and_is_skipped_by_the_reader(tmp_path):
     assert set(first) == {HEADER_KEY}
     assert first[HEADER_KEY]["collection"] == "articles"
     assert [d["year"] for d in _all(path)] == [2000, 2001]
+
+
+def test_the_line_functions_write_what_the_jsonl_writer_writes(tmp_path):
+    # the HTTP export streams these lines; they must be the file, byte for byte
+    docs = _documents(3)
+    path = tmp_path / "export.jsonl"
+    with open_writer(path, {"collection": "articles", "spec": SPEC}) as writer:
+        writer.write(docs)
+    lines = [header_line({"collection": "articles", "spec": SPEC}), *map(document_line, docs)]
+    assert "".join(lines) == path.read_text(encoding="utf-8")
+    assert json.loads(lines[0])[HEADER_KEY]["version"] == 1
 
 
 def test_empty_parquet_export_is_still_readable(tmp_path):

@@ -1,36 +1,46 @@
-"""The embedded engine's in-process search and get return what the same calls through pymilvus
-and gRPC return, and fail the same way."""
+"""The embedded engine, opened in process: no gRPC server, the index parameters as asked, errors
+that tell the truth, and the column writes storing what the engine's own insert stores."""
 
 from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from conftest import lite_schema, make_docs
-from pymilvus import DataType, FieldSchema
 
 from lookalike import Client
+from lookalike.engines.errors import translate_lite_error
 from lookalike.engines.lite import direct as _lite_direct
-from lookalike.errors import InvalidInputError, NotFoundError
-
-milvus_lite = pytest.importorskip("milvus_lite")
-pytestmark = pytest.mark.skipif(
-    milvus_lite.__version__ not in _lite_direct.TESTED_VERSIONS,
-    reason=f"the direct path targets Milvus Lite {sorted(_lite_direct.TESTED_VERSIONS)}",
+from lookalike.engines.lite import patches
+from lookalike.engines.lite.engine import LiteEngine
+from lookalike.errors import (
+    ConflictError,
+    EngineUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
 )
 
+milvus_lite = pytest.importorskip("milvus_lite")
+
 FIELDS = [
-    FieldSchema(name="language", dtype=DataType.VARCHAR, max_length=16),
-    FieldSchema(name="rank", dtype=DataType.INT64),
-    FieldSchema(name="tags", dtype=DataType.JSON),
+    {"name": "language", "type": "varchar", "max_length": 16},
+    {"name": "rank", "type": "int64"},
+    {"name": "tags", "type": "json"},
 ]
-PARAMS = {"metric_type": "IP", "params": {"ef": 64}}
 
 
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory):
-    """A collection with flushed rows, unflushed upserts and a delete, on its own data directory."""
+    """A FLAT collection with flushed rows, unflushed upserts and a delete, on its own data directory."""
     client = Client(codops="direct", password="", uri="", data_dir=tmp_path_factory.mktemp("direct"))
-    col = client.create_collection("docs", fields=FIELDS, indexes={"language": None}, dim=16)
+    col = client.create_collection("docs", fields=FIELDS, indexes={"vec": {"index_type": "FLAT", "metric_type": "IP"},
+                                                                   "language": None}, dim=16)
     docs = [
         {"id": d["id"], "vec": d["vec"], "language": d["language"], "rank": i, "tags": {"n": i, "even": i % 2 == 0}}
         for i, d in enumerate(make_docs(300))
@@ -38,79 +48,112 @@ def lite(tmp_path_factory):
     col.index(docs)
     col.index([{**d, "rank": -d["rank"]} for d in docs[:40]], flush=False)  # newer versions, unflushed
     col.delete(ids=["doc5", "doc6"])
-    yield client, col
+    yield client, col, docs
     client.close()
 
 
-def _queries(n: int = 8) -> list[np.ndarray]:
-    q = np.random.default_rng(9).standard_normal((n, 16)).astype(np.float32)
-    return list(q / np.linalg.norm(q, axis=1, keepdims=True))
+def test_the_embedded_engine_runs_in_process_without_a_server(lite):
+    from milvus_lite.server_manager import server_manager_instance
+
+    client, _, _ = lite
+    assert isinstance(client.engine, LiteEngine)
+    assert server_manager_instance._servers == {}  # pymilvus's loopback gRPC server never started
 
 
-def test_the_embedded_engine_reads_in_process(lite):
-    client, _ = lite
-    assert isinstance(client.engine.local, _lite_direct.LiteDirect)
+def test_search_get_and_count_see_flushed_unflushed_and_deleted_rows(lite):
+    _, col, docs = lite
+    live = {d["id"]: d for d in docs if d["id"] not in ("doc5", "doc6")}
+    ids = list(live)
+    matrix = np.asarray([live[i]["vec"] for i in ids], dtype=np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    query = matrix[7]
+    want = [ids[i] for i in np.argsort(-(matrix @ query), kind="stable")[:10]]
+    hits = col.similar(vectors=query, limit=10, output_fields=["rank", "tags"])
+    assert [h["id"] for h in hits] == want  # FLAT: exact
+    rank = {h["id"]: h["rank"] for h in hits}
+    assert all(rank[i] == (-int(i[3:]) if int(i[3:]) < 40 else int(i[3:])) for i in rank)
+    assert col.count() == 298 and col.count("rank < 0") == 37  # doc0: -0
+    got = col.get(["doc1", "doc5", "nope", "doc39", "doc200"], ["rank", "tags"])
+    assert got == [{"id": "doc1", "rank": -1, "tags": {"n": 1, "even": False}},
+                   {"id": "doc39", "rank": -39, "tags": {"n": 39, "even": False}},
+                   {"id": "doc200", "rank": 200, "tags": {"n": 200, "even": True}}]
+    assert sorted(d["id"] for d in col.iterate(batch_size=7, output_fields=["id"])) == sorted(ids)
 
 
-@pytest.mark.parametrize("expr", ["", 'language == "fr"', "rank < 0 or tags[\"even\"] == true"])
-@pytest.mark.parametrize("fields", [["id"], ["language", "rank", "tags"], ["vec"]])
-def test_search_returns_what_pymilvus_returns(lite, expr, fields):
-    client, _ = lite
-    query = dict(data=_queries(), filter=expr, limit=10, output_fields=fields, search_params=PARAMS, anns_field="vec")
-    direct = client.engine.local.search("docs", **query)
-    remote = client.engine.milvus.search("docs", **query)
-    assert len(direct) == len(remote) == 8
-    for got, want in zip(direct, remote, strict=True):
-        assert [h["id"] for h in got] == [h["id"] for h in want]
-        # 1e-6: a segment searched by brute force while its graph builds scores in another order of sums
-        assert [h["distance"] for h in got] == pytest.approx([h["distance"] for h in want], abs=1e-6)
-        for g, w in zip(got, want, strict=True):
-            for name in fields:
-                if name != "id":
-                    assert g["entity"][name] == w["entity"][name]
-
-
-def test_get_returns_what_pymilvus_returns(lite):
-    client, _ = lite
-    ids = ["doc1", "doc5", "doc200", "nope", "doc39", "doc1"]
-    fields = ["id", "vec", "language", "rank", "tags"]
-    direct = client.engine.local.get("docs", ids, fields)
-    remote = client.engine.milvus.get("docs", ids=ids, output_fields=fields)
-    assert [r["id"] for r in direct] == [r["id"] for r in remote]
-    assert "doc5" not in [r["id"] for r in direct]  # deleted
-    for g, w in zip(direct, remote, strict=True):
-        assert {k: g[k] for k in fields if k != "vec"} == {k: w[k] for k in fields if k != "vec"}
-        assert g["vec"] == pytest.approx(w["vec"], abs=0)
-    assert next(r for r in direct if r["id"] == "doc1")["rank"] == -1  # the unflushed upsert
-
-
-def test_errors_are_those_of_the_grpc_path(lite):
-    client, col = lite
-    engine = client.engine
-    bad = dict(data=_queries(1), filter="language === 'fr'", limit=3, output_fields=["id"],
-               search_params=PARAMS, anns_field="vec")
-    with pytest.raises(InvalidInputError) as direct:
-        engine.read("search", engine.local.search, "docs", **bad)
-    with pytest.raises(InvalidInputError) as remote:
-        engine.read("search", engine.milvus.search, "docs", **bad)
-    assert str(direct.value) == str(remote.value)
+def test_refusals_are_the_callers_and_missing_collections_not_found(lite):
+    client, col, _ = lite
     with pytest.raises(InvalidInputError, match="filter_expr"):
         col.similar(ids=["doc1"], filter_expr="language === 'fr'")
-    with pytest.raises(NotFoundError):
-        engine.read("search", engine.local.search, "missing", **{**bad, "filter": ""})
+    with pytest.raises(InvalidInputError, match="filter_expr"):
+        col.count("no_such_field > 3")
+    with pytest.raises(NotFoundError, match="missing"):
+        client.engine.count("missing")
 
 
-def test_other_engine_versions_read_through_pymilvus(tmp_path, monkeypatch):
-    monkeypatch.setattr(milvus_lite, "__version__", "3.9.0")
-    client = Client(codops="direct", password="", uri="", data_dir=tmp_path)
-    try:
-        assert client.engine.local is None
+HNSW_CHECK = """
+import json, sys
+from lookalike import Client
+from lookalike.engines.lite import patches
+with Client(codops="hnsw", data_dir=sys.argv[1]) as client:
+    col = client.create_collection("g", indexes={"vec": {"index_type": "HNSW", "metric_type": "L2", "M": 24,
+                                                         "efConstruction": 100}}, dim=8)
+    col.index([{"id": str(i), "vec": [float(i % 7), 1.0, float(i), 0, 0, 0, 0, 1]} for i in range(500)])
+    client.engine.wait_for_index("g")
+    db = client.engine._db
+    (segment,) = db.get_collection("g", database_name="org_hnsw")._segment_cache.values()
+    graph = segment.index._index.hnsw
+    print(json.dumps({"patched": patches.is_applied(), "M": graph.nb_neighbors(1),
+                      "efConstruction": graph.efConstruction}))
+"""
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_hnsw_build_parameters_reach_the_faiss_index_patched_or_not(tmp_path, request, switch):
+    env = {**os.environ, "LOOKALIKE_LITE_PATCHES": switch}
+    run = subprocess.run([sys.executable, "-c", HNSW_CHECK, str(tmp_path)], cwd=str(request.path.parent), env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got == {"patched": switch == "1", "M": 24, "efConstruction": 100}
+
+
+def test_engine_exceptions_become_errors_that_tell_the_truth(tmp_path):
+    from milvus_lite import exceptions as lite
+    from milvus_lite.search.filter.exceptions import FilterParseError
+
+    where = str(tmp_path)
+
+    def translated(exc: BaseException):
+        return translate_lite_error(exc, data_dir=where, action="write to 'docs'")
+
+    assert type(translated(lite.SchemaValidationError("field 'x' too long"))) is InvalidInputError
+    assert type(translated(FilterParseError("bad", "a ==", 3))) is InvalidInputError
+    assert type(translated(lite.CollectionNotFoundError("collection 'docs' does not exist"))) is NotFoundError
+    assert type(translated(lite.CollectionAlreadyExistsError("exists"))) is ConflictError
+    locked = translated(lite.DataDirLockedError("held"))
+    assert isinstance(locked, EngineUnavailableError) and where in str(locked) and "one process" in str(locked)
+    full = translated(OSError(errno.ENOSPC, "No space left on device"))
+    assert isinstance(full, StorageError) and full.disk_full and full.http_status == 507
+    assert where in str(full) and "free space" in str(full)
+    for failure in (OSError(errno.EIO, "Input/output error"), lite.ManifestCorruptedError("both bad"),
+                    RuntimeError("faiss: read error"), ValueError("parquet: truncated")):
+        error = translated(failure)
+        assert type(error) is StorageError and not error.disk_full, failure
+        assert where in str(error) and ("backup" in str(error) or "disk" in str(error)), str(error)
+    damage = StorageError(f"{where}/manifest.json is damaged")  # the durability patches raise these
+    assert translated(damage) is damage
+
+
+def test_writes_use_the_engines_own_insert_when_the_patches_are_off(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("column writes are for the patched engine only")
+
+    monkeypatch.setattr(patches, "is_applied", lambda: False)
+    monkeypatch.setattr("lookalike.engines.lite.engine.write_columns", refuse)
+    with Client(codops="direct", data_dir=tmp_path) as client:
         col = client.create_collection("docs", dim=16)
-        col.index([{"id": d["id"], "vec": d["vec"]} for d in make_docs(20)])
-        hits = col.similar(ids=["doc3"], limit=1)
-        assert hits[0]["id"] == "doc3"
-    finally:
-        client.close()
+        col.index([{"id": d["id"], "vec": d["vec"]} for d in make_docs(30)])
+        assert col.count() == 30 and col.similar(ids=["doc3"], limit=1)[0]["id"] == "doc3"
 
 
 @pytest.fixture
@@ -136,7 +179,7 @@ def test_column_writes_store_what_the_engines_insert_stores(engine):
         records = _engine_records(n, seed)
         assert _lite_direct.writes_columns(columns, records, upsert=True)
         _lite_direct.write_columns(columns, records)
-        rows.insert(_lite_direct._engine_rows(records))
+        rows.insert(_lite_direct.engine_rows(records))
     assert [len(b) for b in columns._memtable._insert_batches] == [50, 30]
     for ours, theirs in zip(columns._memtable._insert_batches, rows._memtable._insert_batches, strict=True):
         assert ours.equals(theirs)
@@ -157,7 +200,7 @@ def test_column_writes_refuse_what_the_engine_refuses_and_store_nothing(engine):
     with pytest.raises(SchemaValidationError) as ours:
         _lite_direct.write_columns(col, records)
     with pytest.raises(SchemaValidationError) as theirs:
-        col.insert(_lite_direct._engine_rows(records))
+        col.insert(_lite_direct.engine_rows(records))
     assert str(ours.value) == str(theirs.value)
     records[3]["language"] = "en"
     records[2]["vec"] = records[2]["vec"][:8]

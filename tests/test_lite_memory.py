@@ -20,12 +20,11 @@ from milvus_lite.engine import flush as engine_flush  # noqa: E402
 from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 from milvus_lite.storage import segment as engine_segment  # noqa: E402
 
+from lookalike.engines.lite import patches  # noqa: E402
 from lookalike.engines.lite.patches import memory as _lite_memory  # noqa: E402
-from lookalike.engines.lite.patches import search as _lite_speedups  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    milvus_lite.__version__ not in _lite_speedups.TESTED_VERSIONS,
-    reason=f"the patches target Milvus Lite {sorted(_lite_speedups.TESTED_VERSIONS)}",
+    not patches.apply(), reason=f"tests of the engine patches, not applied: {patches.describe()['detail']}"
 )
 
 DIM = 16
@@ -58,14 +57,12 @@ def _segments(col) -> list:
 
 @pytest.fixture
 def db(tmp_path):
-    _lite_speedups.apply()
     engine = MilvusLite(str(tmp_path / "engine"))
     yield engine
     engine.close()
 
 
-def test_the_patches_are_installed_with_the_speedups():
-    assert _lite_speedups.apply()
+def test_the_memory_patches_wrap_the_engine():
     for owner, name, _make in _lite_memory.targets():
         assert hasattr(getattr(owner, name), "__wrapped__"), name
     assert not hasattr(engine_segment.read_data_file.__wrapped__, "__wrapped__")
@@ -189,7 +186,6 @@ def test_search_results_do_not_change_when_the_vectors_move(db, monkeypatch):
 
 
 def test_a_reopened_collection_shares_the_graph_it_loads(tmp_path):
-    _lite_speedups.apply()
     vectors = _vectors(200, 5)
     db = MilvusLite(str(tmp_path / "engine"))
     col = _collection(db, "docs")

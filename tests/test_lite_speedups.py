@@ -13,16 +13,16 @@ from conftest import lite_schema
 
 milvus_lite = pytest.importorskip("milvus_lite")
 from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite  # noqa: E402
-from milvus_lite.adapter.grpc import servicer  # noqa: E402
 from milvus_lite.engine import collection as engine_collection  # noqa: E402
 from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 from milvus_lite.search import executor_indexed  # noqa: E402
 
-from lookalike.engines.lite.patches import search as _lite_speedups  # noqa: E402
+from lookalike.engines.lite import patches  # noqa: E402
+from lookalike.engines.lite.patches import search as lite_search  # noqa: E402
+from lookalike.engines.lite.patches import writes as lite_writes  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    milvus_lite.__version__ not in _lite_speedups.TESTED_VERSIONS,
-    reason=f"speedups target Milvus Lite {sorted(_lite_speedups.TESTED_VERSIONS)}",
+    not patches.apply(), reason=f"tests of the engine patches, not applied: {patches.describe()['detail']}"
 )
 
 DIM = 16
@@ -131,22 +131,11 @@ def _search(col, queries: np.ndarray, expr: str | None, output_fields=None, ef: 
     )
 
 
-def test_apply_is_idempotent_and_patches_the_engine():
-    assert _lite_speedups.apply() is True
-    assert _lite_speedups.apply() is True
-    assert _lite_speedups.is_applied()
+def test_the_search_patches_wrap_the_engine_once():
     assert hasattr(engine_collection.execute_search_with_index, "__wrapped__")
     assert executor_indexed.execute_search_with_index is engine_collection.execute_search_with_index
     assert not hasattr(FaissHnswIndex.search.__wrapped__, "__wrapped__")
     assert not hasattr(engine_collection.Collection._num_entities.__wrapped__, "__wrapped__")
-
-
-def test_other_versions_are_left_alone(monkeypatch):
-    monkeypatch.setattr(_lite_speedups, "_applied", False)
-    monkeypatch.setattr(milvus_lite, "__version__", "3.9.0")
-    before = engine_collection.execute_search_with_index
-    assert _lite_speedups.apply() is False
-    assert engine_collection.execute_search_with_index is before
 
 
 def test_engine_has_the_state_under_test(engine):
@@ -159,7 +148,6 @@ def test_engine_has_the_state_under_test(engine):
 @pytest.mark.parametrize("expr", FILTERS)
 def test_same_results_as_the_unpatched_engine(engine, monkeypatch, expr):
     col, _ = engine
-    _lite_speedups.apply()
     queries = _unit(np.random.default_rng(11), 12)
     for fields in (None, ["id"], ["language"], ["*"]):
         fast = _search(col, queries, expr, fields, ef=32)
@@ -172,7 +160,6 @@ def test_same_results_as_the_unpatched_engine(engine, monkeypatch, expr):
 @pytest.mark.parametrize("expr", FILTERS)
 def test_results_match_a_numpy_oracle(engine, expr):
     col, oracle = engine
-    _lite_speedups.apply()
     queries = _unit(np.random.default_rng(5), 20)
     hits = _search(col, queries, expr, ["language", "n"])  # ef above the row count: exact
     for q, got in zip(queries, hits, strict=True):
@@ -185,7 +172,6 @@ def test_results_match_a_numpy_oracle(engine, expr):
 
 def test_row_count_matches_the_unpatched_engine_and_the_oracle(engine, monkeypatch):
     col, oracle = engine
-    _lite_speedups.apply()
     fast = col.num_entities
     with monkeypatch.context() as m:
         m.setattr(engine_collection.Collection, "_num_entities", engine_collection.Collection._num_entities.__wrapped__)
@@ -195,7 +181,6 @@ def test_row_count_matches_the_unpatched_engine_and_the_oracle(engine, monkeypat
 
 def test_deleted_and_superseded_versions_never_come_back(engine):
     col, oracle = engine
-    _lite_speedups.apply()
     # Query with each stored vector: a row's own vector finds the row first, if it is live.
     pks = sorted(oracle.rows)
     vecs = np.stack([oracle.rows[pk][0] for pk in pks])
@@ -208,10 +193,9 @@ def test_deleted_and_superseded_versions_never_come_back(engine):
 
 def test_segment_masks_are_cached_per_segment_set(engine):
     col, _ = engine
-    _lite_speedups.apply()
     segments = [s for s in col._segment_cache.values() if s.num_rows]
-    first = _lite_speedups._segment_set_masks(segments)
-    assert _lite_speedups._segment_set_masks(segments) is first
+    first = lite_search._segment_set_masks(segments)
+    assert lite_search._segment_set_masks(segments) is first
     # a0..a19 live in the third segment only; their older versions are masked out.
     stale = sum(int((~m).sum()) for m in first.masks if m is not None)
     assert stale == 60 + 20
@@ -219,7 +203,6 @@ def test_segment_masks_are_cached_per_segment_set(engine):
 
 def test_search_through_pymilvus_with_ids_only(tmp_path):
     pymilvus = pytest.importorskip("pymilvus")
-    _lite_speedups.apply()
     client = pymilvus.MilvusClient(str(tmp_path / "milvus.db"))
     try:
         client.create_collection("c", dimension=DIM, metric_type="IP", id_type="string",
@@ -236,42 +219,11 @@ def test_search_through_pymilvus_with_ids_only(tmp_path):
         client.close()
 
 
-def test_hnsw_build_parameters_from_pymilvus_reach_the_index(tmp_path):
-    pymilvus = pytest.importorskip("pymilvus")
-    _lite_speedups.apply()
-    assert hasattr(servicer.kv_pairs_to_index_params_dict, "__wrapped__")
-    client = pymilvus.MilvusClient(str(tmp_path / "milvus.db"))
-    try:
-        schema = client.create_schema(auto_id=False)
-        schema.add_field("id", pymilvus.DataType.VARCHAR, is_primary=True, max_length=16)
-        schema.add_field("vec", pymilvus.DataType.FLOAT_VECTOR, dim=DIM)
-        index = client.prepare_index_params()
-        index.add_index("vec", index_type="HNSW", metric_type="IP", params={"M": 24, "efConstruction": 40})
-        client.create_collection("c", schema=schema, index_params=index)
-        vecs = _unit(np.random.default_rng(4), 30)
-        client.insert("c", [{"id": f"x{i}", "vec": v.tolist()} for i, v in enumerate(vecs)])
-        client.flush("c")
-        client.release_collection("c")
-        client.load_collection("c")  # builds the segment's HNSW graph
-        res = client.search("c", [vecs[3].tolist()], limit=1, output_fields=["id"])
-        assert res[0][0]["id"] == "x3"
-    finally:
-        client.close()
-    graphs = list((tmp_path / "milvus.db").rglob("*.hnsw.idx"))
-    assert graphs
-    import faiss
-
-    graph = faiss.read_index(str(graphs[0]))
-    hnsw = graph.hnsw
-    assert (hnsw.nb_neighbors(0), hnsw.efConstruction) == (2 * 24, 40)  # level 0 holds 2*M links
-
-
 def test_flushed_memtable_table_is_the_engines_own(tmp_path, monkeypatch):
     """The columnar flush writes the table the engine's cell-by-cell build writes: same rows,
     same order, same values and nulls, with rows superseded or deleted inside the memtable."""
     from milvus_lite.storage.memtable import MemTable
 
-    _lite_speedups.apply()
     db = MilvusLite(str(tmp_path))
     col = db.create_collection("docs", lite_schema(DIM))
     col.create_partition("other")
@@ -305,20 +257,18 @@ def test_flushed_memtable_table_is_the_engines_own(tmp_path, monkeypatch):
 
 
 def test_write_budgets_are_raised_unless_the_environment_sets_them():
-    _lite_speedups.apply()
-    assert engine_collection.MEMTABLE_MEMORY_LIMIT >= _lite_speedups.MEMTABLE_BYTES
-    assert engine_collection.WAL_SIZE_LIMIT >= _lite_speedups.WAL_BYTES
+    assert engine_collection.MEMTABLE_MEMORY_LIMIT >= lite_writes.MEMTABLE_BYTES
+    assert engine_collection.WAL_SIZE_LIMIT >= lite_writes.WAL_BYTES
     mb = 1 << 20
-    assert _lite_speedups.write_budgets({}, 128 * mb, 256 * mb) == (384 * mb, 1024 * mb)
-    assert _lite_speedups.write_budgets({}, 2048 * mb, 4096 * mb) == (2048 * mb, 4096 * mb)
+    assert lite_writes.write_budgets({}, 128 * mb, 256 * mb) == (384 * mb, 1024 * mb)
+    assert lite_writes.write_budgets({}, 2048 * mb, 4096 * mb) == (2048 * mb, 4096 * mb)
     chosen = {"MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES": str(64 * mb)}
-    assert _lite_speedups.write_budgets(chosen, 64 * mb, 256 * mb) == (64 * mb, 256 * mb)
+    assert lite_writes.write_budgets(chosen, 64 * mb, 256 * mb) == (64 * mb, 256 * mb)
 
 
 def test_a_memtable_of_new_rows_flushes_without_a_copy(tmp_path, monkeypatch):
     from milvus_lite.storage.memtable import MemTable
 
-    _lite_speedups.apply()
     db = MilvusLite(str(tmp_path))
     col = db.create_collection("docs", lite_schema(DIM))
     rng = np.random.default_rng(6)

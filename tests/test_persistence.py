@@ -53,7 +53,7 @@ def test_data_persists_across_processes_for_every_index_type(tmp_path, request):
                                       "got": [{"id": "doc9", "language": "fr"}]}, index_type
 
 
-def test_a_second_process_gets_a_clear_error(tmp_path, request):
+def test_a_second_process_gets_a_clear_error_and_nothing_else(tmp_path, request):
     with Client(codops="ltlrt", data_dir=tmp_path) as client:
         client.create_collection("held", dim=4)
         other = run_python(
@@ -64,6 +64,7 @@ def test_a_second_process_gets_a_clear_error(tmp_path, request):
     assert "REFUSED" in other.stdout, other.stderr[-2000:]
     assert str(tmp_path) in other.stdout and "one process at a time" in other.stdout
     assert "Traceback" not in other.stdout
+    assert other.stderr == ""  # no engine traceback, no gRPC log line
 
 
 

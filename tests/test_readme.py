@@ -25,7 +25,6 @@ def matches(pattern: str, line: str) -> bool:
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_example(code, tmp_path):
-    code = code.replace("/tmp/lookalike-readme", str(tmp_path / "data"))
     env = {"LOOKALIKE_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]

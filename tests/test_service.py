@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,6 +32,29 @@ SCHEMA = {
                {"name": "year", "type": "int64"}],
     "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 16}, "language": None},
 }
+
+
+# Each route: its operation id and the one library call it makes (docs/http.md shows this table).
+ROUTES = {
+    ("GET", "/health"): ("health", None),
+    ("GET", "/ready"): ("ready", None),
+    ("GET", "/v1/{codops}/collections"): ("list_collections", "Client.list_collections"),
+    ("PUT", "/v1/{codops}/collections/{name}"): ("create_collection", "Client.create_collection"),
+    ("GET", "/v1/{codops}/collections/{name}"): ("describe", "Client.describe"),
+    ("DELETE", "/v1/{codops}/collections/{name}"): ("drop_collection", "Client.drop_collection"),
+    ("GET", "/v1/{codops}/collections/{name}/count"): ("count", "Client.count"),
+    ("GET", "/v1/{codops}/collections/{name}/export"): ("export", "transfer.export_lines"),
+    ("POST", "/v1/{codops}/collections/{name}/documents"): ("index", "Client.index"),
+    ("GET", "/v1/{codops}/collections/{name}/documents"): ("get_documents", "Client.get_documents"),
+    ("POST", "/v1/{codops}/collections/{name}/documents/delete"): ("delete_documents",
+                                                                    "Client.delete_documents"),
+    ("POST", "/v1/{codops}/collections/{name}/similar"): ("retrieve_similar", "Client.retrieve_similar"),
+    ("GET", "/v1/{codops}/collections/{name}/similar"): ("retrieve_similar_by_ids",
+                                                         "Client.retrieve_similar"),
+}
+# What a route may call besides its one call: the existence test before a create, and the
+# collection handle an export reads.
+LOOKUPS = {"Client.has_collection", "Client.collection"}
 
 
 def auth(code: str = "ltlrt") -> dict[str, str]:
@@ -87,7 +112,8 @@ def test_a_given_client_is_served_and_left_open(tmp_path):
             assert app.state.organisations.client("ltlrt") is client
             over = http.post("/v1/ltlrt/collections/given/similar",
                              json={"vectors": [1, 0, 0, 0], "limit": 4}, headers=auth())
-            assert over.status_code == 400 and "maximum of 3" in over.json()["detail"]
+            assert over.status_code == 400
+            assert over.json()["detail"] == "limit must be an integer in [1, 3], not 4"
         assert client.list_collections() == ["given"]  # the app did not close it
 
 
@@ -103,7 +129,9 @@ def test_put_collection_is_idempotent_and_conflicts_on_another_schema(http):
     bad_type = http.put("/v1/ltlrt/collections/bad",
                         json={"dim": 4, "fields": [{"name": "x", "type": "blob"}]},
                         headers=auth())
-    assert bad_type.status_code == 400 and "unknown type 'blob'" in bad_type.json()["detail"]
+    # The field types are an enum of the OpenAPI document (the library's FIELD_TYPES): 422.
+    assert bad_type.status_code == 422
+    assert bad_type.json()["detail"].startswith("body.fields.0.type: Input should be 'bool'")
     assert "articles" in http.get("/v1/ltlrt/collections", headers=auth()).json()
 
 
@@ -139,10 +167,123 @@ def test_documents_get_index_and_delete(http):
     refused = http.post("/v1/ltlrt/collections/articles/documents",
                         json={"documents": extra, "upsert": False}, headers=auth())
     assert refused.status_code == 409
-    deleted = http.request("DELETE", "/v1/ltlrt/collections/articles/documents",
-                           json={"ids": ["tmp1", "tmp2"]}, headers=auth())
+    deleted = http.post("/v1/ltlrt/collections/articles/documents/delete",
+                        json={"ids": ["tmp1", "tmp2"]}, headers=auth())
     assert deleted.json() == {"deleted": 2}
     assert http.get("/v1/ltlrt/collections/articles", headers=auth()).json()["count"] == 30
+
+
+def test_every_route_calls_one_library_function_of_its_name(app, http, monkeypatch):
+    import functools
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from lookalike import Client, transfer
+
+    calls: list[str] = []
+
+    def spy(name, function):
+        @functools.wraps(function)
+        def recorded(*args, **kwargs):
+            if sys._getframe(1).f_globals.get("__name__") == "lookalike.http.app":
+                calls.append(name)
+            return function(*args, **kwargs)
+        return recorded
+
+    for attr, function in inspect.getmembers(Client, inspect.isfunction):
+        if not attr.startswith("_"):
+            monkeypatch.setattr(Client, attr, spy(f"Client.{attr}", function))
+    for attr, function in inspect.getmembers(transfer, inspect.isfunction):
+        if function.__module__ == transfer.__name__ and not attr.startswith("_"):
+            monkeypatch.setattr(transfer, attr, spy(f"transfer.{attr}", function))
+    routes = {(method, route.path): route for route in app.routes if isinstance(route, APIRoute)
+              for method in route.methods}
+    assert set(routes) == set(ROUTES)
+    for key, route in routes.items():
+        assert route.operation_id == route.endpoint.__name__ == ROUTES[key][0]
+
+    base = "/v1/ltlrt/collections/spied"
+    requests = [
+        ("PUT", base, {"json": SCHEMA}),
+        ("GET", "/v1/ltlrt/collections", {}),
+        ("GET", base, {}),
+        ("POST", f"{base}/documents", {"json": {"documents": _docs(3)}}),
+        ("GET", f"{base}/documents", {"params": {"ids": ["d1"]}}),
+        ("POST", f"{base}/similar", {"json": {"ids": ["d1"], "limit": 2}}),
+        ("GET", f"{base}/similar", {"params": {"ids": ["d1"], "limit": 2}}),
+        ("GET", f"{base}/count", {"params": {"filter_expr": "year > 2000"}}),
+        ("GET", f"{base}/export", {}),
+        ("POST", f"{base}/documents/delete", {"json": {"ids": ["d0"]}}),
+        ("DELETE", base, {}),
+    ]
+    for method, url, kwargs in requests:
+        calls.clear()
+        response = http.request(method, url, headers=auth(), **kwargs)
+        assert response.status_code in (200, 201), response.text
+        template = next(key for key in ROUTES if key[0] == method and re.fullmatch(
+            re.sub(r"\{\w+\}", "[^/]+", key[1]), url))
+        expected = ROUTES[template][1]
+        assert [c for c in calls if c not in LOOKUPS] == [expected], (method, url, calls)
+
+
+def test_drop_count_and_export_routes(http, tmp_path):
+    from lookalike import Client, transfer
+
+    base = "/v1/ltlrt/collections/dropme"
+    assert http.put(base, json=SCHEMA, headers=auth()).status_code == 201
+    http.post(f"{base}/documents", json={"documents": _docs(6)}, headers=auth())
+    assert http.get(f"{base}/count", headers=auth()).json() == {"count": 6}
+    assert http.get(f"{base}/count", params={"filter_expr": "language == 'fr'"},
+                    headers=auth()).json() == {"count": 2}
+    assert http.get(f"{base}/count", params={"filter": "language == 'fr'"},
+                    headers=auth()).json() == {"count": 2}  # the documented alias
+    exported = http.get(f"{base}/export", headers=auth())
+    assert exported.status_code == 200
+    assert exported.headers["content-type"] == "application/x-ndjson"
+    assert 'filename="dropme.jsonl"' in exported.headers["content-disposition"]
+    lines = exported.text.splitlines()
+    assert json.loads(lines[0])["$lookalike"]["count"] == 6 and len(lines) == 7
+    # The same text `lookalike export` writes, and `lookalike import` reads it back.
+    stream = tmp_path / "stream.jsonl"
+    stream.write_text(exported.text)
+    with Client(codops="ltlrt", data_dir=tmp_path / "other") as other:
+        collection, written = transfer.import_collection(other, stream)
+        assert written == 6 and collection.count() == 6
+        transfer.export_collection(collection, tmp_path / "file.jsonl")
+    assert (tmp_path / "file.jsonl").read_text().splitlines()[1:] == lines[1:]
+
+    assert http.delete(base, headers=auth()).json() == {"dropped": True}
+    assert http.delete(base, headers=auth()).json() == {"dropped": False}
+    assert http.get(base, headers=auth()).status_code == 404
+    assert http.get(f"{base}/export", headers=auth()).status_code == 404
+
+
+@pytest.mark.parametrize("embedder", ["", ".", "/tmp", "..", {"name": ""}, {"name": "/tmp"}, 5,
+                                      "not-a-model"])
+def test_only_registered_models_can_be_named_over_http(http, embedder):
+    response = http.put("/v1/ltlrt/collections/texts", json={"embedder": embedder}, headers=auth())
+    assert response.status_code in (400, 422), response.text
+    assert "embedder" in response.json()["detail"]
+    assert "texts" not in http.get("/v1/ltlrt/collections", headers=auth()).json()
+
+
+def test_a_model_whose_package_is_missing_is_a_400_naming_the_extra(http, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if not installed
+    response = http.put("/v1/ltlrt/collections/texts", json={"embedder": "minilm"}, headers=auth())
+    assert response.status_code == 400, response.text
+    assert "sentence_transformers" in response.json()["detail"]
+    assert "lookalike[sentence-transformers]" in response.json()["detail"]
+
+
+def test_405_names_every_method_of_the_path(http):
+    response = http.patch("/v1/ltlrt/collections/articles", headers=auth())
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET, PUT"
+    assert response.json()["error"] == "method_not_allowed"
+    old_delete = http.request("DELETE", "/v1/ltlrt/collections/articles/documents",
+                              json={"ids": ["d1"]}, headers=auth())
+    assert old_delete.status_code == 405 and old_delete.headers["allow"] == "GET, POST"
 
 
 def test_no_token_or_a_wrong_token_is_401(http):
@@ -194,9 +335,10 @@ def test_one_client_per_organisation_is_reused(app, http):
     (("POST", "/v1/ltlrt/collections/articles/similar",
       {"json": {"ids": ["d1"], "filter": "no_such_field > 3"}}), 400, "filter_expr"),
     (("GET", "/v1/ltlrt/collections/articles/similar",
-      {"params": {"ids": ["d1"], "limit": MAX_LIMIT + 1}}), 400, "maximum of 50"),
+      {"params": {"ids": ["d1"], "limit": MAX_LIMIT + 1}}), 400,
+     "limit must be an integer in [1, 50], not 51"),
     (("POST", "/v1/ltlrt/collections/articles/similar",
-      {"json": {"ids": ["d1"], "limit": 10_000}}), 400, "maximum of 50"),
+      {"json": {"ids": ["d1"], "limit": 10_000}}), 400, "[1, 50], not 10000"),
     (("POST", "/v1/ltlrt/collections/articles/similar", {"json": {"ids": ["d1"], "limit": 0}}),
      400, "limit"),
     (("POST", "/v1/ltlrt/collections/articles/similar",
@@ -204,8 +346,15 @@ def test_one_client_per_organisation_is_reused(app, http):
     (("POST", "/v1/ltlrt/collections/articles/similar", {"json": {}}), 400, "exactly one"),
     (("POST", "/v1/ltlrt/collections/articles/documents",
       {"json": {"documents": [{"id": "", "vec": [1, 0, 0, 0]}]}}), 400, "id"),
-    (("DELETE", "/v1/ltlrt/collections/articles/documents", {"json": {}}), 400,
+    (("POST", "/v1/ltlrt/collections/articles/documents/delete", {"json": {}}), 400,
      "refusing to delete everything"),
+    (("POST", "/v1/ltlrt/collections/articles/similar",
+      {"json": {"ids": ["d1"], "filter_expr": "year > 1", "filter": "year > 2"}}), 400,
+     "not both"),
+    (("POST", "/v1/ltlrt/collections/articles/similar",
+      {"json": {"ids": ["d1"], "search_params": {"params": 5}}}), 400, "search_params"),
+    (("GET", "/v1/ltlrt/collections/articles/count", {"params": {"filter_expr": "year >"}}), 400,
+     "filter_expr"),
     (("POST", "/v1/ltlrt/collections/articles/documents",
       {"content": b'{"documents": [', "headers": {"content-type": "application/json"}}), 422,
      "JSON decode error"),
@@ -270,7 +419,7 @@ def test_library_calls_run_in_the_threadpool(app):
             yield from ours(dependency)
 
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
-    assert len(routes) == 10
+    assert len(routes) == 13
     for route in routes:
         for call in (route.endpoint, *ours(route.dependant)):
             assert not inspect.iscoroutinefunction(call), f"{route.path}: {call.__name__}"
@@ -283,17 +432,7 @@ def test_openapi_document_validates_and_lists_every_route(http):
     validate(document)
     routes = {(method.upper(), path) for path, item in document["paths"].items()
               for method in item}
-    assert routes == {
-        ("GET", "/health"), ("GET", "/ready"),
-        ("GET", "/v1/{codops}/collections"),
-        ("GET", "/v1/{codops}/collections/{name}"),
-        ("PUT", "/v1/{codops}/collections/{name}"),
-        ("GET", "/v1/{codops}/collections/{name}/similar"),
-        ("POST", "/v1/{codops}/collections/{name}/similar"),
-        ("GET", "/v1/{codops}/collections/{name}/documents"),
-        ("POST", "/v1/{codops}/collections/{name}/documents"),
-        ("DELETE", "/v1/{codops}/collections/{name}/documents"),
-    }
+    assert routes == set(ROUTES)
     assert "HTTPBearer" in document["components"]["securitySchemes"]
     assert http.get("/docs").status_code == 200
 

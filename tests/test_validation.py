@@ -39,24 +39,45 @@ def doc(**changes):
     return {k: v for k, v in base.items() if v is not ...}
 
 
+# Each message names the document, the field and the value at fault (the value's repr, cut short).
 BAD_DOCUMENTS = [
-    ("missing id", doc(id=...), "has no 'id'"),
-    ("non-string id", doc(id=42), "'id' must be a string"),
-    ("empty id", doc(id=""), "'id' is empty"),
-    ("too-long id", doc(id="x" * 513), "513 characters long"),
-    ("missing vec", doc(vec=...), "has no 'vec'"),
-    ("wrong dimension", doc(vec=[0.1] * 15), "dimension 15, the collection expects 16"),
-    ("NaN", doc(vec=[math.nan] + [0.1] * 15), "NaN or infinity"),
-    ("inf", doc(vec=[math.inf] + [0.1] * 15), "NaN or infinity"),
-    ("zero vector", doc(vec=[0.0] * 16), "all zeros"),
-    ("not numbers", doc(vec=["a"] * 16), "'vec' must be a list of numbers"),
-    ("unknown field", doc(colour="red"), "unknown field 'colour'"),
-    ("wrong type int", doc(publication_date="2024-03-01"), "field 'publication_date' must be an integer"),
-    ("bool for int", doc(publication_date=True), "field 'publication_date' must be an integer"),
-    ("wrong type str", doc(language=7), "field 'language' must be a string"),
-    ("over-long string", doc(language="x" * 17), "over its max_length 16"),
-    ("missing metadata", doc(category=...), "missing field(s) category"),
-    ("not a dict", ["doc", [0.1] * 16], "must be a dict"),
+    ("missing id", doc(id=...), "document #3 has no 'id' (its keys: 'vec', 'publication_date', "),
+    ("non-string id", doc(id=424242), "document #3: 'id' must be a string, not int (424242)"),
+    ("empty id", doc(id=""), "document #3: 'id' is empty"),
+    ("too-long id", doc(id="x" * 513),
+     f"document #3: 'id' is 513 characters long (at most 512): '{'x' * 37}...{'x' * 38}'"),
+    ("missing vec", doc(vec=...), "document #3 (id 'doc500') has no 'vec'"),
+    ("wrong dimension", doc(vec=[0.1] * 15),
+     "document #3 (id 'doc500'): 'vec' has dimension 15, the collection expects 16: [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, "
+     "0.1, 0.1, ...]"),
+    ("NaN", doc(vec=[0.1] * 15 + [math.nan]),
+     "document #3 (id 'doc500'): 'vec' contains NaN or infinity (at position 15: nan)"),
+    ("inf", doc(vec=[-math.inf] + [0.1] * 15),
+     "document #3 (id 'doc500'): 'vec' contains NaN or infinity (at position 0: -inf)"),
+    ("beyond float32", doc(vec=[0.1] * 15 + [-1e39]),
+     "document #3 (id 'doc500'): 'vec' has a component beyond the float32 range ±3.403e+38 (at position 15: -1e+39)"),
+    ("zero vector", doc(vec=[0.0] * 16),
+     "document #3 (id 'doc500'): 'vec' is all zeros and cannot be normalised: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, "
+     "0.0, ...]"),
+    ("not numbers", doc(vec=["a"] * 16),
+     "document #3 (id 'doc500'): 'vec' must be a list of numbers, not ['a', 'a', 'a', 'a', 'a', 'a', 'a', 'a', ...]"),
+    ("numbers as strings", doc(vec=["0.5"] * 16), "'vec' must be a list of numbers, not ['0.5', '0.5', "),
+    ("ragged vec", doc(vec=[[0.1, 0.2], [0.3]]), "'vec' must be a list of numbers, not [[0.1, 0.2], [0.3]]"),
+    ("unknown field", doc(colour="red"),
+     "document #3 (id 'doc500'): unknown field 'colour' = 'red' (the collection has id, vec, publication_date, "
+     "language, category)"),
+    ("wrong type int", doc(publication_date="2024-03-01"),
+     "document #3 (id 'doc500'): field 'publication_date' must be an integer (int64), not str ('2024-03-01')"),
+    ("bool for int", doc(publication_date=True),
+     "document #3 (id 'doc500'): field 'publication_date' must be an integer (int64), not bool (True)"),
+    ("int64 overflow", doc(publication_date=2**63),
+     "field 'publication_date' = 9223372036854775808 is out of the int64 range [-9223372036854775808, "
+     "9223372036854775807]"),
+    ("wrong type str", doc(language=7), "document #3 (id 'doc500'): field 'language' must be a string, not int (7)"),
+    ("over-long string", doc(language="x" * 17),
+     "document #3 (id 'doc500'): field 'language' is 17 characters long, over its max_length 16: 'xxxxxxxxxxxxxxxxx'"),
+    ("missing metadata", doc(category=...), "document #3 (id 'doc500'): missing field(s) category"),
+    ("not a dict", ["doc", [0.1] * 16], "document #3 must be a dict, not list (['doc', [0.1, 0.1, 0.1, 0.1, 0.1, "),
 ]
 
 
@@ -65,8 +86,7 @@ def test_bad_document_is_refused_and_nothing_of_the_batch_lands(col, case, bad, 
     good = make_docs(3, start=200)
     with pytest.raises(InvalidInputError) as raised:
         col.index([*good, bad])
-    assert message in str(raised.value)
-    assert "document #3" in str(raised.value)  # names the document at fault
+    assert message in str(raised.value)  # names the document, the field and the value at fault
     assert col.count() == 10  # the good documents of a refused list are not stored either
     assert col.get(["doc200"]) == []
 
@@ -75,6 +95,17 @@ def test_duplicate_ids_in_one_call(col):
     with pytest.raises(InvalidInputError, match=r"document #1 \(id 'dup'\): id appears twice"):
         col.index([doc(id="dup"), doc(id="dup")])
     assert col.count() == 10
+
+
+@pytest.mark.parametrize("documents, message", [
+    (5, "documents must be a list (or iterable) of dicts, not int (5)"),
+    ({"id": "a"}, "documents must be a list (or iterable) of dicts, not dict ({'id': 'a'})"),
+    ("abc", "documents must be a list (or iterable) of dicts, not str ('abc')"),
+])
+def test_documents_must_be_a_list(col, documents, message):
+    with pytest.raises(InvalidInputError) as raised:
+        col.index(documents)
+    assert str(raised.value) == message
 
 
 def test_normalize_false_accepts_a_zero_vector(fresh):
@@ -108,6 +139,15 @@ BAD_SCHEMAS = [
     ({}, [FieldSchema(name="s", dtype=DataType.VARCHAR)], "varchar needs max_length"),
     ({}, [FieldSchema(name="v2", dtype=DataType.FLOAT_VECTOR, dim=4)], "FLOAT_VECTOR is not supported"),
     ({}, [{"name": "a", "type": "int64"}, {"name": "a", "type": "int64"}], "declared twice"),
+    ({}, [{"name": "a", "type": "int64", "max_length": 9}],
+     "field 'a': max_length applies to varchar only (got max_length=9 on int64)"),
+    ({}, [{"name": "a", "type": "vector"}], "field 'a': unknown type 'vector'"),
+    ({}, [7], "fields[0] must be a pymilvus FieldSchema or a dict, not 7"),
+    ({}, 5, "fields must be a list of field definitions, not 5"),
+    ([("vec", "HNSW")], [], "indexes must be a dict from field name to index parameters, not [('vec', 'HNSW')]"),
+    ({"vec": {"index_type": "HNSW", "params": 3}}, [], "indexes['vec']['params'] must be a dict, not 3"),
+    ({"vec": {"index_type": "HNSW", "metric_type": "IP", "M": "32"}}, [],
+     "indexes['vec']: M must be an integer in [2, 2048], not '32'"),
 ]
 
 
@@ -141,14 +181,28 @@ def test_retrieve_similar_bad_queries(col):
     for limit in (0, -3, 10**6, "10"):
         with pytest.raises(InvalidInputError, match="limit must be"):
             col.similar(ids=["doc1"], limit=limit)
-    with pytest.raises(InvalidInputError, match="dimension 3"):
+    with pytest.raises(InvalidInputError, match=r"vectors\[0\] has dimension 3, the collection expects 16: \[1.0, "):
         col.similar(vectors=[1.0, 2.0, 3.0])
-    with pytest.raises(InvalidInputError, match="NaN"):
+    with pytest.raises(InvalidInputError, match=r"vectors\[0\] contains NaN or infinity \(at position 0: nan\)"):
         col.similar(vectors=[math.nan] * 16)
+    with pytest.raises(InvalidInputError, match=r"vectors\[0\] has norm 4e\+30, over the limit 1e\+14"):
+        col.similar(vectors=[1e30] * 16)
+    with pytest.raises(InvalidInputError, match=r"vectors must be a vector or a list of vectors of numbers, not 'abc'"):
+        col.similar(vectors="abc")
     with pytest.raises(InvalidInputError, match="output_fields: unknown field 'colour'"):
         col.similar(ids=["doc1"], output_fields=["colour"])
+    with pytest.raises(InvalidInputError, match=r"output_fields must be a list of field names, not 'language'"):
+        col.similar(ids=["doc1"], output_fields="language")
     with pytest.raises(InvalidInputError, match="ids is empty"):
         col.similar(ids=[])
+    with pytest.raises(InvalidInputError, match=r"ids must be a list of strings, not str \('doc1'\)"):
+        col.similar(ids="doc1")
+    with pytest.raises(InvalidInputError, match=r"ids\[1\]: 'id' must be a string, not int \(7\)"):
+        col.similar(ids=["doc1", 7])
+    with pytest.raises(InvalidInputError, match=r"filter_expr must be a string, not int \(5\)"):
+        col.similar(ids=["doc1"], filter_expr=5)
+    with pytest.raises(InvalidInputError, match=r"filter_expr must be a string, not list"):
+        col.similar_batch([[0.1] * 16], filter_expr=["language == 'fr'"])
 
 
 @pytest.mark.parametrize("expr", ["language ==", "colour == 'red'", "language = 'fr'"])
@@ -188,9 +242,9 @@ def test_tricky_ids_work_everywhere_without_injection(fresh):
     assert fresh.count() == 10 + len(TRICKY_IDS) - 1
 
 
-def test_every_error_is_a_lookalike_error(col):
+def test_every_error_is_a_lookalike_error(client, col):
     for call in (lambda: col.similar(ids=["nope"]), lambda: col.index([{"id": ""}]),
-                 lambda: col.client.collection("never_created_here")):
+                 lambda: client.collection("never_created_here")):
         with pytest.raises(LookalikeError):
             call()
 
@@ -207,6 +261,66 @@ def test_default_search_breadth():
     assert search_params_for(spec, None, 500, wide=True)["params"] == {"ef": 500}
     assert search_params_for(spec, {"ef": 32}, 10, wide=True)["params"] == {"ef": 32}
     assert search_params_for(spec, {"params": {"ef": 40}}, 10, wide=False)["params"] == {"ef": 40}
+    assert search_params_for(spec, {"ef": 5}, 10, wide=False)["params"] == {"ef": 10}  # never below the limit
+    assert search_params_for(spec, {"params": {"ef": 40}, "metric_type": "ip"}, 10, wide=False) == {
+        "metric_type": "IP", "params": {"ef": 40}}
+
+
+HNSW = "the collection's HNSW index takes ef"
+BAD_SEARCH_PARAMS = [
+    ({"ef": "x"}, f"search_params['ef'] must be an integer in [1, 32768] ({HNSW}), not 'x'"),
+    ({"ef": -5}, f"search_params['ef'] must be an integer in [1, 32768] ({HNSW}), not -5"),
+    ({"ef": 0}, f"search_params['ef'] must be an integer in [1, 32768] ({HNSW}), not 0"),
+    ({"ef": 32769}, f"search_params['ef'] must be an integer in [1, 32768] ({HNSW}), not 32769"),
+    ({"ef": 64.0}, f"search_params['ef'] must be an integer in [1, 32768] ({HNSW}), not 64.0"),
+    ({"ef": True}, f"search_params['ef'] must be an integer in [1, 32768] ({HNSW}), not True"),
+    ({"nprobe": 8}, f"search_params: unknown key 'nprobe' = 8 ({HNSW}; 'metric_type' and a nested 'params' dict "
+                    "are accepted too)"),
+    ({"params": {"ef": 64, "offset": 3}}, "search_params['params']: unknown key 'offset' = 3"),
+    ({"params": 5}, "search_params['params'] must be a dict such as {'ef': 128}, not 5"),
+    ({"params": {"ef": "x"}}, "search_params['params']['ef'] must be an integer in [1, 32768]"),
+    ({"ef": 40, "params": {"ef": 41}}, "search_params['params']['ef'] = 41 contradicts ef = 40 given beside it"),
+    ({"metric_type": "L2"}, "search_params['metric_type'] = 'L2' is not the collection's metric 'IP'"),
+    ([("ef", 64)], "search_params must be a dict such as {'ef': 128}, not [('ef', 64)]"),
+    ("ef=64", "search_params must be a dict such as {'ef': 128}, not 'ef=64'"),
+]
+
+
+@pytest.mark.parametrize("search_params, message", BAD_SEARCH_PARAMS, ids=[str(c[0]) for c in BAD_SEARCH_PARAMS])
+def test_bad_search_params_are_refused_naming_key_and_value(col, search_params, message):
+    with pytest.raises(InvalidInputError) as raised:
+        col.similar(ids=["doc1"], search_params=search_params)
+    assert message in str(raised.value)
+    with pytest.raises(InvalidInputError) as raised:
+        col.similar_batch([[0.1] * 16], search_params=search_params)
+    assert message in str(raised.value)
+
+
+def test_good_search_params_in_either_spelling(col):
+    plain = col.similar(ids=["doc1"], limit=5)
+    for params in ({"ef": 16}, {"params": {"ef": 16}}, {"params": {"ef": 16}, "metric_type": "IP"}, {"ef": 1}, {}):
+        assert [r["id"] for r in col.similar(ids=["doc1"], limit=5, search_params=params)] == [r["id"] for r in plain]
+
+
+def test_search_params_per_index_type():
+    """Each index type takes its own keys (Milvus's documented ranges): IVF nprobe up to nlist, FLAT none."""
+    from lookalike.retrieval import check_search_params
+    from lookalike.schema import build_spec
+
+    ivf = build_spec(dim=8, indexes={"vec": {"index_type": "IVF_SQ8", "metric_type": "L2", "nlist": 16}})
+    assert check_search_params(ivf, {"nprobe": 16}) == {"nprobe": 16}
+    with pytest.raises(InvalidInputError, match=r"search_params\['nprobe'\] must be an integer in \[1, 16\] "
+                                                r"\(the collection's IVF_SQ8 index takes nprobe\), not 17"):
+        check_search_params(ivf, {"nprobe": 17})
+    default_nlist = build_spec(dim=8, indexes={"vec": {"index_type": "IVF_FLAT", "metric_type": "IP"}})
+    assert check_search_params(default_nlist, {"params": {"nprobe": 128}}) == {"nprobe": 128}
+    with pytest.raises(InvalidInputError, match=r"unknown key 'ef' = 64 \(the collection's IVF_FLAT index takes "):
+        check_search_params(default_nlist, {"ef": 64})
+    flat = build_spec(dim=8, indexes={"vec": {"index_type": "FLAT", "metric_type": "COSINE"}})
+    assert check_search_params(flat, {"metric_type": "cosine", "params": {}}) == {}
+    with pytest.raises(InvalidInputError, match=r"unknown key 'ef' = 64 \(the collection's FLAT index takes no "
+                                                r"search parameter"):
+        check_search_params(flat, {"ef": 64})
 
 
 def test_chunks_count_vector_bytes():

@@ -1,8 +1,15 @@
 """The ``lookalike`` command: the library's calls, one command each, for scripts and people.
 
+Every command is a thin shell over one library call of the same name (the table is in
+docs/cli.md and tests/test_cli.py): commands on one collection call the :class:`Collection`
+method they are named after, the ``collections`` commands the :class:`Client` method
+``<verb>_collection(s)``, ``export`` and ``import`` :mod:`lookalike.transfer`. Options take the
+library's parameter names (``--filter-expr``, ``--output-fields``; the short ``--filter`` and
+``--fields`` are aliases).
+
 Every command prints a readable table, or JSON with ``--json``. A user error (any
-:class:`~lookalike.errors.LookalikeError`) ends the command with one line on stderr and a
-non-zero exit code that says what kind of error it was; nothing prints a traceback.
+:class:`~lookalike.errors.LookalikeError`) ends the command with one line on stderr and the
+error's exit code (``error.exit_code``); nothing prints a traceback.
 """
 
 from __future__ import annotations
@@ -18,14 +25,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from . import fileio
+from . import fileio, transfer
 from .client import Client
 from .config import Secret, Settings, password_variable
-from .errors import (
-    LookalikeError,
-)
+from .errors import LookalikeError
 from .schema import creation_options
 
 out = Console(soft_wrap=True)
@@ -37,8 +42,42 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-class _Group(TyperGroup):
+class _PlainHelp:
+    """Help that shows how a command is typed: a flag takes no value, arguments read NAME.
+
+    typer labels every option with its Python type, flags included (``--json <bool>``, which
+    reads as if ``--json true`` were expected), and writes required arguments as ``{name}``.
+    """
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""  # an empty metavar: typer prints no type beside the flag
+        return params
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces: list[str] = []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or param.name.upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        options = getattr(self, "options_metavar", None)
+        return ([options] if options else []) + pieces
+
+
+class _Command(_PlainHelp, TyperCommand):
+    """A command with plain help (see :class:`_PlainHelp`)."""
+
+
+class _Group(_PlainHelp, TyperGroup):
     """Turns library errors into one line on stderr and an exit code, never a traceback."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), self.subcommand_metavar]
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -56,12 +95,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-collections_app = typer.Typer(help="Create, list, describe and drop collections.",
+collections_app = typer.Typer(cls=_Group, help="Create, list, describe and drop collections.",
                               no_args_is_help=True)
 app.add_typer(collections_app, name="collections")
-admin_app = typer.Typer(help="Provision organisations on a Milvus server (needs LOOKALIKE_MILVUS_ROOT_TOKEN).",
-                        no_args_is_help=True)
+admin_app = typer.Typer(cls=_Group, no_args_is_help=True,
+                        help="Provision organisations on a Milvus server (needs "
+                             "LOOKALIKE_MILVUS_ROOT_TOKEN).")
 app.add_typer(admin_app, name="admin")
+
+
+def _command(group: typer.Typer, name: str) -> Any:
+    """``@group.command(name)`` with plain help."""
+    return group.command(name, cls=_Command)
 
 
 class _Session:
@@ -89,13 +134,14 @@ class _Session:
 def _options(
     ctx: typer.Context,
     codops: Annotated[str | None, typer.Option(
-        help="Organisation code (default: $CODOPS, else 'default').", show_default=False)] = None,
-    uri: Annotated[str | None, typer.Option(
-        help="Milvus server URI; empty for the embedded engine (default: $LOOKALIKE_MILVUS_URI).",
+        metavar="CODE", help="Organisation code (default: $CODOPS, else 'default').",
         show_default=False)] = None,
+    uri: Annotated[str | None, typer.Option(
+        metavar="URI", help="Milvus server URI; empty for the embedded engine (default: "
+                            "$LOOKALIKE_MILVUS_URI).", show_default=False)] = None,
     data_dir: Annotated[Path | None, typer.Option(
-        help="Embedded engine's data directory (default: $LOOKALIKE_DATA_DIR, else "
-             "~/.local/share/lookalike).", show_default=False)] = None,
+        metavar="DIR", help="Embedded engine's data directory (default: $LOOKALIKE_DATA_DIR, "
+                            "else ~/.local/share/lookalike).", show_default=False)] = None,
 ) -> None:
     """Store embeddings with metadata and find similar items, on Milvus.
 
@@ -117,13 +163,19 @@ def _client(ctx: typer.Context) -> Client:
 # -- shared options ------------------------------------------------------------------------------
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-NameArg = Annotated[str, typer.Argument(help="Collection name.", show_default=False)]
-FieldsOption = Annotated[str | None, typer.Option(
-    "--fields", help="Comma-separated fields to return (default: all for get, none for similar).",
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Collection name.",
+                                        show_default=False)]
+OutputFieldsOption = Annotated[str | None, typer.Option(
+    "--output-fields", "--fields", metavar="A,B",
+    help="Comma-separated fields to return (default: all for get, none for similar).",
     show_default=False)]
-FormatOption = Annotated[str | None, typer.Option(
-    "--format", help="jsonl, csv or parquet (default: from the file extension).",
-    show_default=False)]
+BatchSizeOption = Annotated[int, typer.Option(metavar="N", help="Documents at a time.")]
+
+
+# The library's ``filter_expr``; ``--filter`` is the short alias the CLI has always had.
+FilterOption = Annotated[str | None, typer.Option(
+    "--filter-expr", "--filter", metavar="EXPR",
+    help="Milvus boolean expression on metadata, e.g. \"language == 'fr'\".", show_default=False)]
 
 
 def _split(fields: str | None) -> list[str] | None:
@@ -132,28 +184,35 @@ def _split(fields: str | None) -> list[str] | None:
 
 # -- collections ---------------------------------------------------------------------------------
 
-@collections_app.command("create")
+@_command(collections_app, "create")
 def create_collection(
     ctx: typer.Context,
     name: NameArg,
-    dim: Annotated[int | None, typer.Option(help="Vector dimension (default: 768, or the "
-                                                 "embedder's).", show_default=False)] = None,
+    dim: Annotated[int | None, typer.Option(
+        metavar="N", help="Vector dimension (default: 768, or the embedder's).",
+        show_default=False)] = None,
     field: Annotated[list[str] | None, typer.Option(
-        "--field", help="NAME:TYPE[:MAX_LENGTH], repeatable; TYPE is bool, int8..int64, float, "
-                        "double, varchar (needs MAX_LENGTH) or json.", show_default=False)] = None,
+        "--field", metavar="NAME:TYPE[:MAX_LENGTH]",
+        help="A metadata field, repeatable; TYPE is bool, int8..int64, float, double, varchar "
+             "(needs MAX_LENGTH) or json.", show_default=False)] = None,
     index: Annotated[list[str] | None, typer.Option(
-        "--index", help="vec:INDEX_TYPE[:METRIC] (e.g. vec:HNSW:IP) or FIELD:SCALAR_INDEX_TYPE, "
-                        "repeatable.", show_default=False)] = None,
+        "--index", metavar="FIELD:TYPE[:METRIC]",
+        help="vec:INDEX_TYPE[:METRIC] (e.g. vec:HNSW:IP) or FIELD:SCALAR_INDEX_TYPE, "
+             "repeatable.", show_default=False)] = None,
     index_param: Annotated[list[str] | None, typer.Option(
-        "--index-param", help="KEY=VALUE build parameter of the vec index (e.g. M=32), "
-                              "repeatable.", show_default=False)] = None,
+        "--index-param", metavar="KEY=VALUE",
+        help="A build parameter of the vec index (e.g. M=32), repeatable.",
+        show_default=False)] = None,
     scalar_index: Annotated[list[str] | None, typer.Option(
-        "--scalar-index", help="FIELD to index with the engine's default scalar index, "
-                               "repeatable.", show_default=False)] = None,
+        "--scalar-index", metavar="FIELD",
+        help="A field to index with the engine's default scalar index, repeatable.",
+        show_default=False)] = None,
     embedder: Annotated[str | None, typer.Option(
+        metavar="MODEL",
         help="Bind a text embedding model (e.g. 'default'), so documents may carry text.",
         show_default=False)] = None,
     schema: Annotated[Path | None, typer.Option(
+        metavar="FILE",
         help="JSON file with the whole schema (the shape `collections describe --json` prints); "
              "replaces the options above.", show_default=False)] = None,
     as_json: JsonFlag = False,
@@ -166,9 +225,8 @@ def create_collection(
                    "indexes": _parse_indexes(index or [], index_param or [], scalar_index or []),
                    "dim": dim, "embedder": embedder}
     client = _client(ctx)
-    existed = name in client.list_collections()
-    collection = client.create_collection(name, **options)
-    description = collection.describe()
+    existed = client.has_collection(name)  # only to word the answer
+    description = client.create_collection(name, **options).describe()
     if as_json:
         _print_json(description)
         return
@@ -177,7 +235,7 @@ def create_collection(
     _print_description(description)
 
 
-@collections_app.command("list")
+@_command(collections_app, "list")
 def list_collections(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List the organisation's collections."""
     names = _client(ctx).list_collections()
@@ -189,17 +247,17 @@ def list_collections(ctx: typer.Context, as_json: JsonFlag = False) -> None:
         out.print("No collections.", style="dim")
 
 
-@collections_app.command("describe")
+@_command(collections_app, "describe")
 def describe(ctx: typer.Context, name: NameArg, as_json: JsonFlag = False) -> None:
     """Show a collection's schema, indexes and document count."""
-    description = _client(ctx).describe(name)
+    description = _client(ctx).collection(name).describe()
     if as_json:
         _print_json(description)
     else:
         _print_description(description)
 
 
-@collections_app.command("drop")
+@_command(collections_app, "drop")
 def drop_collection(
     ctx: typer.Context,
     name: NameArg,
@@ -216,20 +274,24 @@ def drop_collection(
 
 # -- documents -----------------------------------------------------------------------------------
 
-@app.command("index")
+@_command(app, "index")
 def index(
     ctx: typer.Context,
     name: NameArg,
-    file: Annotated[Path, typer.Argument(help="JSON Lines, CSV or Parquet file of documents.",
-                                         show_default=False)],
-    format: FormatOption = None,
+    file: Annotated[Path, typer.Argument(
+        metavar="FILE", help="JSON Lines, CSV or Parquet file of documents (an export too).",
+        show_default=False)],
+    format: Annotated[str | None, typer.Option(
+        "--format", metavar="jsonl|csv|parquet", help="The file's format (default: from its "
+                                                      "extension).", show_default=False)] = None,
     normalize: Annotated[bool, typer.Option(help="L2-normalise vectors (for IP/COSINE).")] = True,
     upsert: Annotated[bool, typer.Option(
         help="Replace documents with the same id; --no-upsert refuses stored ids.")] = True,
     text_field: Annotated[str | None, typer.Option(
+        metavar="COLUMN",
         help="Column holding the text to embed when a document has no vec (needs an embedder).",
         show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Documents read from the file at a time.")] = 1000,
+    batch_size: BatchSizeOption = 1000,
     as_json: JsonFlag = False,
 ) -> None:
     """Index documents from a file, streaming it (upsert by id)."""
@@ -238,139 +300,141 @@ def index(
     rename = {text_field: "text"} if text_field and text_field != "text" else None
     batches = fileio.read_batches(file, format, batch_size=batch_size, field_types=types,
                                   rename=rename)
-    with _Progress(f"indexing {file.name}", fileio.count_rows(file, format)) as advance:
-        written = collection.index(_counted(batches, advance), normalize=normalize,
+    with _Progress(f"indexing {file.name}", fileio.count_rows(file, format)) as on_batch:
+        written = collection.index(_counted(batches, on_batch), normalize=normalize,
                                    upsert=upsert, progress=False)
     _report(as_json, {"indexed": written}, f"Indexed {_documents(written)} into {name!r}.")
 
 
-@app.command("get")
+@_command(app, "get")
 def get(
     ctx: typer.Context,
     name: NameArg,
-    ids: Annotated[list[str], typer.Argument(help="Document ids.", show_default=False)],
-    fields: FieldsOption = None,
+    ids: Annotated[list[str], typer.Argument(metavar="ID", help="Document ids.",
+                                             show_default=False)],
+    output_fields: OutputFieldsOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Print documents by id, in the order given (ids not stored are left out)."""
-    _print_documents(_client(ctx).get_documents(name, ids, _split(fields)), as_json)
+    documents = _client(ctx).collection(name).get(ids, _split(output_fields))
+    _print_documents(documents, as_json)
 
 
-@app.command("similar")
+@_command(app, "similar")
 def similar(
     ctx: typer.Context,
     name: NameArg,
     id: Annotated[list[str] | None, typer.Option(
-        "--id", help="A stored id to start from, repeatable (several: their mean).",
+        "--id", metavar="ID", help="A stored id to start from, repeatable (several: their mean).",
         show_default=False)] = None,
     vector_file: Annotated[Path | None, typer.Option(
-        help="JSON, JSON Lines or .npy file with the query vector(s).",
+        metavar="FILE", help="JSON, JSON Lines or .npy file with the query vector(s).",
         show_default=False)] = None,
     text: Annotated[list[str] | None, typer.Option(
-        "--text", help="A query text, repeatable (needs an embedder).", show_default=False)] = None,
-    filter: Annotated[str | None, typer.Option(
-        help="Milvus boolean expression, e.g. \"language == 'fr'\".", show_default=False)] = None,
-    limit: Annotated[int, typer.Option(help="How many results.")] = 10,
+        "--text", metavar="TEXT", help="A query text, repeatable (needs an embedder).",
+        show_default=False)] = None,
+    filter_expr: FilterOption = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="How many results.")] = 10,
     exclude_ids: Annotated[bool, typer.Option(
         "--exclude-ids", help="Leave the query ids out of the results.")] = False,
-    fields: FieldsOption = None,
+    output_fields: OutputFieldsOption = None,
+    ef: Annotated[int | None, typer.Option(
+        metavar="N", help="HNSW search breadth: raise it (e.g. 256) for selective filters "
+                          "(default: 64; 128 with a filter or several ids).",
+        show_default=False)] = None,
+    search_param: Annotated[list[str] | None, typer.Option(
+        "--search-param", metavar="KEY=VALUE",
+        help="A parameter of the index's search (e.g. nprobe=32 for IVF), repeatable; VALUE "
+             "is read as JSON when it parses.", show_default=False)] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Print the documents most similar to ids, vectors or texts, best first."""
     vectors = fileio.read_vectors(vector_file) if vector_file is not None else None
-    hits = _client(ctx).retrieve_similar(
-        name, ids=id or None, vectors=vectors, texts=text or None, filter_expr=filter,
-        limit=limit, exclude_ids=exclude_ids, output_fields=_split(fields))
+    hits = _client(ctx).collection(name).similar(
+        ids=id or None, vectors=vectors, texts=text or None, filter_expr=filter_expr,
+        limit=limit, exclude_ids=exclude_ids, output_fields=_split(output_fields),
+        search_params=_search_params(ef, search_param or []))
     _print_documents(hits, as_json)
 
 
-@app.command("delete")
+@_command(app, "delete")
 def delete(
     ctx: typer.Context,
     name: NameArg,
     id: Annotated[list[str] | None, typer.Option(
-        "--id", help="An id to delete, repeatable.", show_default=False)] = None,
-    filter: Annotated[str | None, typer.Option(
-        help="Delete the documents matching this expression.", show_default=False)] = None,
+        "--id", metavar="ID", help="An id to delete, repeatable.", show_default=False)] = None,
+    filter_expr: FilterOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Delete documents by id and/or filter."""
-    deleted = _client(ctx).delete_documents(name, ids=id or None, filter_expr=filter)
+    """Delete documents by id and/or filter (both: the documents matching both)."""
+    deleted = _client(ctx).collection(name).delete(ids=id or None, filter_expr=filter_expr)
     _report(as_json, {"deleted": deleted}, f"Deleted {_documents(deleted)} from {name!r}.")
 
 
-@app.command("count")
+@_command(app, "count")
 def count(
     ctx: typer.Context,
     name: NameArg,
-    filter: Annotated[str | None, typer.Option(
-        help="Count only documents matching this expression.", show_default=False)] = None,
+    filter_expr: FilterOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Print how many documents a collection holds."""
-    number = _client(ctx).count(name, filter)
+    """Print how many documents a collection holds (or how many match a filter)."""
+    number = _client(ctx).collection(name).count(filter_expr)
     _report(as_json, {"count": number}, str(number))
 
 
 # -- export and import ---------------------------------------------------------------------------
 
-@app.command("export")
+ExportFormatOption = Annotated[str | None, typer.Option(
+    "--format", metavar="jsonl|parquet", help="The file's format (default: from its extension).",
+    show_default=False)]
+
+
+@_command(app, "export")
 def export(
     ctx: typer.Context,
     name: NameArg,
-    file: Annotated[Path, typer.Argument(help="Output .jsonl or .parquet file.",
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Output .jsonl or .parquet file.",
                                          show_default=False)],
-    format: Annotated[str | None, typer.Option(
-        "--format", help="jsonl or parquet (default: from the file extension).",
-        show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Documents read from Milvus at a time.")] = 1000,
+    format: ExportFormatOption = None,
+    batch_size: BatchSizeOption = 1000,
     as_json: JsonFlag = False,
 ) -> None:
     """Write every document (vectors included) and the collection's schema to one file."""
     collection = _client(ctx).collection(name)
-    total = collection.count()
-    header = {"collection": name, "spec": collection.spec.to_json(), "count": total}
-    with fileio.open_writer(file, header, format) as writer, \
-            _Progress(f"exporting {name}", total) as advance:
-        for batch in fileio.batched(collection.iterate(batch_size=batch_size), batch_size):
-            writer.write(batch)
-            advance(len(batch))
-    _report(as_json, {"exported": writer.rows, "file": str(file)},
-            f"Exported {_documents(writer.rows)} of {name!r} to {file}.")
+    with _Progress(f"exporting {name}") as on_batch:
+        written = transfer.export_collection(collection, file, format, batch_size=batch_size,
+                                             on_batch=on_batch)
+    _report(as_json, {"exported": written, "file": str(file)},
+            f"Exported {_documents(written)} of {name!r} to {file}.")
 
 
-@app.command("import")
+@_command(app, "import")
 def import_(
     ctx: typer.Context,
     name: NameArg,
-    file: Annotated[Path, typer.Argument(help="A file written by `lookalike export`.",
-                                         show_default=False)],
-    format: FormatOption = None,
-    batch_size: Annotated[int, typer.Option(help="Documents read from the file at a time.")] = 1000,
+    file: Annotated[Path, typer.Argument(
+        metavar="FILE", help="A file `lookalike export` wrote: JSON Lines (.jsonl) or Parquet "
+                             "(.parquet), with its schema header.", show_default=False)],
+    format: ExportFormatOption = None,
+    batch_size: BatchSizeOption = 1000,
     as_json: JsonFlag = False,
 ) -> None:
     """Recreate a collection from an export: its schema and indexes, then its documents."""
-    header = fileio.read_header(file, format)
-    if header is None:
-        raise _fail(f"{file} has no lookalike export header: create the collection and use "
-                    "`lookalike index` for a plain file")
-    collection = _client(ctx).create_collection(name, **creation_options(header["spec"]))
-    batches = fileio.read_batches(file, format, batch_size=batch_size)
-    with _Progress(f"importing {file.name}", header.get("count")) as advance:
-        # Stored vectors are imported as they are: normalising again could change their bits.
-        written = collection.index(_counted(batches, advance), normalize=False, upsert=True,
-                                   progress=False)
+    with _Progress(f"importing {file.name}") as on_batch:
+        _, written = transfer.import_collection(_client(ctx), file, name, format=format,
+                                                batch_size=batch_size, on_batch=on_batch)
     _report(as_json, {"imported": written, "collection": name},
             f"Imported {_documents(written)} into {name!r}.")
 
 
 # -- service -------------------------------------------------------------------------------------
 
-@app.command("serve")
+@_command(app, "serve")
 def serve(
     ctx: typer.Context,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", metavar="PORT", help="Port to listen on.")] = 8000,
 ) -> None:
     """Run the HTTP service (see docs/http.md); it owns the embedded data directory."""
     import uvicorn
@@ -382,19 +446,24 @@ def serve(
 
 # -- evaluation ----------------------------------------------------------------------------------
 
-@app.command("eval")
+@_command(app, "eval")
 def evaluate(
     models: Annotated[str | None, typer.Option(
-        help="Comma-separated built-in model names or model paths (default: every installed built-in).",
+        metavar="A,B", help="Comma-separated built-in model names or model paths (default: every installed built-in).",
         show_default=False)] = None,
-    limit: Annotated[int | None, typer.Option(help="Use the first N records of the sample.",
-                                              show_default=False)] = None,
-    ann_queries: Annotated[int, typer.Option(help="Queries for the ANN recall@10 check (0: skip it).")] = 100,
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the JSON result.")] = Path("bench/results"),
+    limit: Annotated[int | None, typer.Option(
+        metavar="N", help="Use the first N records of the sample.", show_default=False)] = None,
+    ann_queries: Annotated[int, typer.Option(
+        metavar="N", help="Queries for the ANN recall@10 check (0: skip it).")] = 100,
+    out_dir: Annotated[Path, typer.Option(
+        "--out", metavar="DIR", help="Directory for the JSON result.")] = Path("bench/results"),
     as_json: JsonFlag = False,
 ) -> None:
-    """Measure retrieval quality on the shipped corpus: cross-lingual R@1, R@10 and MRR per model
-    (full text and synopsis, TF-IDF baseline beside them) and the ANN index's recall@10."""
+    """Measure retrieval quality on the shipped corpus (cross-lingual R@1, R@10, MRR; ANN recall).
+
+    Per model: cross-lingual R@1, R@10 and MRR on the full text and on the synopsis, the TF-IDF
+    baseline beside them, and the recall@10 of the default model's ANN index.
+    """
     from datetime import datetime, timezone
 
     from .quality import evaluation
@@ -429,10 +498,11 @@ def _root(ctx: typer.Context) -> tuple[str, Secret]:
     return settings.uri, Secret(token)
 
 
-@admin_app.command("provision")
+@_command(admin_app, "provision")
 def admin_provision(
     ctx: typer.Context,
-    code: Annotated[str, typer.Argument(help="Organisation code, e.g. ltlrt.", show_default=False)],
+    code: Annotated[str, typer.Argument(metavar="CODE", help="Organisation code, e.g. ltlrt.",
+                                        show_default=False)],
     as_json: JsonFlag = False,
 ) -> None:
     """Create (or repair) an organisation: its database, its user and a role limited to it.
@@ -451,7 +521,7 @@ def admin_provision(
             f"Organisation {org.code!r} provisioned: database {org.database}, user {org.user}, role {org.role}.")
 
 
-@admin_app.command("list")
+@_command(admin_app, "list")
 def admin_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """List the organisations provisioned on the server."""
     from .ops import admin
@@ -460,10 +530,11 @@ def admin_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     _report(as_json, codes, "\n".join(codes) if codes else "No organisations.")
 
 
-@admin_app.command("revoke")
+@_command(admin_app, "revoke")
 def admin_revoke(
     ctx: typer.Context,
-    code: Annotated[str, typer.Argument(help="Organisation code.", show_default=False)],
+    code: Annotated[str, typer.Argument(metavar="CODE", help="Organisation code.",
+                                        show_default=False)],
     drop_data: Annotated[bool, typer.Option(help="Also drop the organisation's database and data.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_json: JsonFlag = False,
@@ -531,17 +602,42 @@ def _load_json(path: Path) -> Any:
         raise _fail(f"{path} is not valid JSON: {error}") from None
 
 
-def _counted(batches: Iterable[list[dict]], advance: Any) -> Iterator[dict]:
+def _search_params(ef: int | None, pairs: list[str]) -> dict[str, Any] | None:
+    """``--ef`` and ``--search-param KEY=VALUE`` as the library's ``search_params``; the values
+    pass through unchecked (the library validates them)."""
+    params: dict[str, Any] = {}
+    for text in pairs:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint="--search-param")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value  # a bare word, e.g. a level name
+    if ef is not None:
+        if "ef" in params:
+            raise typer.BadParameter("give ef once: --ef N or --search-param ef=N",
+                                     param_hint="--ef")
+        params["ef"] = ef
+    return params or None
+
+
+def _counted(batches: Iterable[list[dict]], on_batch: Any) -> Iterator[dict]:
     """The documents of ``batches``, one at a time, moving the progress bar per batch."""
+    done = 0
     for batch in batches:
         yield from batch
-        advance(len(batch))
+        done += len(batch)
+        on_batch(done)
 
 
 class _Progress:
-    """A progress bar on stderr when it is a terminal; a no-op counter otherwise."""
+    """A progress bar on stderr when it is a terminal; a no-op otherwise.
 
-    def __init__(self, description: str, total: int | None) -> None:
+    Entering gives ``on_batch(done, total=None)``, the callback the transfer functions take.
+    """
+
+    def __init__(self, description: str, total: int | None = None) -> None:
         console = Console(stderr=True)
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console, transient=True,
@@ -550,7 +646,10 @@ class _Progress:
 
     def __enter__(self) -> Any:
         self.bar.start()
-        return lambda n: self.bar.advance(self.task, n)
+        return self.update
+
+    def update(self, done: int, total: int | None = None) -> None:
+        self.bar.update(self.task, completed=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pymilvus import DataType, FieldSchema
+from pymilvus import FieldSchema
 
 from .collection import Collection, check_embedder
 from .config import Settings
 from .engines import open_engine
 from .errors import ConflictError, InvalidInputError, NotFoundError
-from .schema import (
-    DEFAULT_DIM,
-    ID_FIELD,
-    ID_MAX_LENGTH,
-    SPEC_PROPERTY,
-    VECTOR_FIELD,
-    CollectionSpec,
-    build_spec,
-    spec_from_description,
-    spec_loads,
-    validate_name,
-)
+from .schema import DEFAULT_DIM, CollectionSpec, build_spec, validate_name
 
 
 class Client:
@@ -35,6 +23,12 @@ class Client:
     ``codops=``, ``password=``, ``uri=`` or ``data_dir=`` override it. With no URI the data lives
     in an embedded Milvus Lite under ``data_dir``; with ``uri='http://host:19530'`` on a server.
     Every organisation works in its own Milvus database and never sees another's.
+
+    One ``Client`` may be shared by threads (the HTTP service does). It guarantees, for the
+    embedded engine and a server alike: read-your-writes per thread (once ``index`` or ``delete``
+    returns, the thread's next read sees it); an acknowledged write survives (also a close and
+    reopen); a delete stays deleted. On the embedded engine a read also never sees a write or a
+    flush half done (see ``engines/lite/engine.py``).
     """
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
@@ -99,8 +93,8 @@ class Client:
         with self._lock:
             if self.has_collection(name):
                 return self._reconcile(name, spec, model)
-            self._create(name, spec)
-            self._collections[name] = Collection(self, name, spec, model)
+            self.engine.create_collection(name, spec)
+            self._collections[name] = self._collection_object(name, spec, model)
             return self._collections[name]
 
     def collection(self, name: str, embedder: Any = None) -> Collection:
@@ -115,8 +109,8 @@ class Client:
             if found is None:
                 if not self.has_collection(name):
                     raise NotFoundError(f"collection {name!r} does not exist for organisation {self.codops!r}")
-                found = Collection(self, name, self._read_spec(name))
-                self._load(name)
+                found = self._collection_object(name, self.engine.read_spec(name))
+                self.engine.load(name)
                 self._collections[name] = found
             if embedder is not None:
                 from .embedding import get_embedder
@@ -126,23 +120,17 @@ class Client:
 
     def has_collection(self, name: str) -> bool:
         validate_name(name)
-        return bool(self.engine.read("list collections", self.engine.milvus.has_collection, name))
+        return self.engine.has_collection(name)
 
     def list_collections(self) -> list[str]:
-        return sorted(self.engine.read("list collections", self.engine.milvus.list_collections))
+        return self.engine.list_collections()
 
     def drop_collection(self, name: str) -> bool:
         """Drop a collection and its documents; False if there was none."""
         validate_name(name)
         with self._lock:
             self._collections.pop(name, None)
-            if not self.has_collection(name):
-                return False
-            with self.engine.errors(f"drop {name!r}"):
-                # A 2.3 server applies later grants late to a collection dropped while loaded.
-                self.engine.milvus.release_collection(name)
-                self.engine.milvus.drop_collection(name)
-            return True
+            return self.engine.drop_collection(name)
 
     # -- name-first conveniences (the module functions call these) --------------------------
 
@@ -168,59 +156,9 @@ class Client:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _create(self, name: str, spec: CollectionSpec) -> None:
-        milvus = self.engine.milvus
-        schema = milvus.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
-        schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=spec.dim)
-        for field in spec.fields:
-            schema.add_field(field.name, field.dtype, **({"max_length": field.max_length} if field.max_length else {}))
-        with self.engine.errors(f"create collection {name!r}"):
-            milvus.create_collection(name, schema=schema, properties={SPEC_PROPERTY: spec.dumps()},
-                                     **self.engine.read_options(name))
-        try:
-            self._add_indexes(name, spec, vector=True, scalar=spec.scalar_indexes)
-            self._load(name)
-        except Exception:
-            # Milvus creates the collection and its indexes in separate steps: never leave half of it.
-            with contextlib.suppress(Exception):
-                milvus.drop_collection(name)
-            raise
-
-    def _add_indexes(self, name: str, spec: CollectionSpec, vector: bool, scalar: Mapping[str, str | None]) -> None:
-        milvus = self.engine.milvus
-        params = milvus.prepare_index_params()
-        if vector:
-            index = spec.vector_index
-            params.add_index(VECTOR_FIELD, index_type=index.index_type, metric_type=index.metric_type,
-                             params=dict(index.params))
-        for field_name, kind in scalar.items():
-            field = spec.field(field_name)
-            assert field is not None  # build_spec checked it
-            params.add_index(field_name, index_type=kind or self.engine.default_scalar_index(field.dtype))
-        with self.engine.errors(f"create the indexes of {name!r}"):
-            milvus.create_index(name, params)
-
-    def _load(self, name: str) -> None:
-        """Load a collection into memory once: a reopened collection is released until loaded."""
-        milvus = self.engine.milvus
-        state = self.engine.read(f"load {name!r}", milvus.get_load_state, name).get("state")
-        if getattr(state, "name", str(state)) != "Loaded":
-            with self.engine.errors(f"load {name!r}"):
-                milvus.load_collection(name)
-
-    def _read_spec(self, name: str) -> CollectionSpec:
-        milvus, read = self.engine.milvus, self.engine.read
-        action = f"describe {name!r}"
-        description = read(action, milvus.describe_collection, name)
-        stored = (description.get("properties") or {}).get(SPEC_PROPERTY)
-        if stored:
-            return spec_loads(stored)
-        indexes = {}
-        for index_name in read(action, milvus.list_indexes, name):
-            info = read(action, milvus.describe_index, name, index_name)
-            indexes[info.get("field_name", index_name)] = info
-        return spec_from_description(description, indexes)
+    def _collection_object(self, name: str, spec: CollectionSpec, model: Any = None) -> Collection:
+        return Collection(self.engine, name, spec, cache_dir=self.cache_dir, drop=self.drop_collection,
+                          owner=self.codops, embedder=model)
 
     def _reconcile(self, name: str, requested: CollectionSpec, model: Any) -> Collection:
         """create_collection on an existing name: same schema → reuse; new scalar indexes → add."""
@@ -233,19 +171,7 @@ class Client:
             )
         added = {f: k for f, k in requested.scalar_indexes.items() if f not in existing.spec.scalar_indexes}
         if added:
-            milvus = self.engine.milvus
-            # A 2.3 server refuses to load a collection indexed while loaded: release it first.
-            with self.engine.errors(f"release {name!r}"):
-                milvus.release_collection(name)
-            self._add_indexes(name, existing.spec, vector=False, scalar=added)
-            self._load(name)
-            spec = CollectionSpec(existing.spec.dim, existing.spec.fields, existing.spec.vector_index,
-                                  {**existing.spec.scalar_indexes, **added}, existing.spec.embedder)
-            with self.engine.errors(f"record the indexes of {name!r}"):
-                # Milvus 2.3.5 persists the value an alter replaces, not the new one: say it twice.
-                for _ in range(2 if self.engine.kind == "server" else 1):
-                    milvus.alter_collection_properties(name, properties={SPEC_PROPERTY: spec.dumps()})
-            existing.spec = spec
+            existing.spec = self.engine.add_scalar_indexes(name, existing.spec, added)
         if model is not None:
             existing._embedder = check_embedder(name, existing.spec, model)
         return existing

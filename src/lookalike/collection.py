@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,8 +16,8 @@ from .retrieval import SimilarQuery, as_query_vectors, check_limit, check_output
 from .schema import ID_FIELD, VECTOR_FIELD, CollectionSpec
 
 if TYPE_CHECKING:
-    from .client import Client
     from .embedding import Embedder
+    from .engines import Engine
 
 # Ids per query expression when reading by id: keeps expressions short on both engines.
 IDS_PER_QUERY = 1000
@@ -24,27 +26,44 @@ IDS_PER_QUERY = 1000
 class Collection:
     """A collection's documents: index, get, similar, delete, count, describe.
 
-    Get one from :meth:`Client.create_collection` or :meth:`Client.collection`.
+    Get one from :meth:`Client.create_collection` or :meth:`Client.collection`, which hand it
+    what it works with: the engine, the collection's spec, where embeddings are cached, and the
+    client's way to drop it.
     """
 
-    def __init__(self, client: Client, name: str, spec: CollectionSpec, embedder: Embedder | None = None) -> None:
-        self.client = client
+    def __init__(
+        self,
+        engine: Engine,
+        name: str,
+        spec: CollectionSpec,
+        *,
+        cache_dir: Path,
+        drop: Callable[[str], bool],
+        owner: str = "",
+        embedder: Embedder | None = None,
+    ) -> None:
+        """
+        Args:
+            engine: the open engine of the collection's organisation.
+            name: the collection's name.
+            spec: its recorded spec.
+            cache_dir: where the embedding cache lives.
+            drop: drops a collection by name (the client's, which forgets its own handle too).
+            owner: the organisation's code, for ``repr``.
+            embedder: the model bound to it, when the caller has it already.
+        """
+        self.engine = engine
         self.name = name
         self.spec = spec
+        self.cache_dir = cache_dir
+        self.owner = owner
+        self._drop = drop
         self._embedder = embedder
         self._embedder_lock = threading.Lock()
 
     def __repr__(self) -> str:
         spec = self.spec
-        return f"Collection({self.name!r}, dim={spec.dim}, metric={spec.metric!r}, codops={self.client.codops!r})"
-
-    @property
-    def engine(self):
-        return self.client.engine
-
-    @property
-    def read_options(self) -> dict[str, str]:
-        return self.engine.read_options(self.name)
+        return f"Collection({self.name!r}, dim={spec.dim}, metric={spec.metric!r}, codops={self.owner!r})"
 
     # -- writing --------------------------------------------------------------------------
 
@@ -65,7 +84,7 @@ class Collection:
         engine = self.engine
 
         def write(rows: list[dict[str, Any]]) -> None:
-            engine.write(self.name, f"write to {self.name!r}", rows, upsert)
+            engine.write(self.name, rows, upsert)
 
         writer = DocumentWriter(
             self.spec,
@@ -76,8 +95,7 @@ class Collection:
         )
         written = writer(documents, progress)
         if flush and written:
-            with engine.errors(f"flush {self.name!r}"):
-                engine.milvus.flush(self.name)
+            engine.flush(self.name)
         return written
 
     def delete(self, ids: Sequence[str] | None = None, filter_expr: str | None = None) -> int:
@@ -87,15 +105,12 @@ class Collection:
         expr = combine_filters(id_filter(check_ids(ids)) if ids is not None else None, filter_expr)
         if ids is not None and not ids:
             return 0
-        matching = self._count(expr, filter_expr)
-        if matching:
-            with self.engine.errors(f"delete from {self.name!r}"):
-                self.engine.milvus.delete(self.name, filter=expr)
-            self.engine.read_strongly(self.name)
-        return matching
+        with _rejected_filter(filter_expr):
+            return self.engine.delete(self.name, expr)
 
     def drop(self) -> bool:
-        return self.client.drop_collection(self.name)
+        """Drop this collection and its documents; False if it was gone already."""
+        return self._drop(self.name)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -112,7 +127,7 @@ class Collection:
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(ids), IDS_PER_QUERY):
             batch = ids[start : start + IDS_PER_QUERY]
-            rows = self.engine.get(self.name, f"read {self.name!r}", batch, fields, id_filter(batch))
+            rows = self.engine.get(self.name, batch, fields)
             found.update((row[ID_FIELD], row) for row in rows)
         return [found[i] for i in dict.fromkeys(ids) if i in found]
 
@@ -166,33 +181,15 @@ class Collection:
 
     def count(self, filter_expr: str | None = None) -> int:
         """How many documents are stored (matching ``filter_expr`` when given)."""
-        return self._count(filter_expr or "", filter_expr)
-
-    def _count(self, expr: str, filter_expr: str | None) -> int:
-        try:
-            rows = self.engine.read(f"count {self.name!r}", self.engine.milvus.query, self.name, filter=expr,
-                                    output_fields=["count(*)"], **self.read_options)
-        except InvalidInputError as exc:
-            if filter_expr:
-                raise InvalidInputError(f"filter_expr {filter_expr!r} was rejected: {exc}") from None
-            raise
-        return int(rows[0]["count(*)"])
+        with _rejected_filter(filter_expr):
+            return self.engine.count(self.name, filter_expr or "")
 
     def iterate(self, batch_size: int = 1000, output_fields: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every document (all fields unless ``output_fields`` is given), in batches from the engine."""
         fields = self._read_fields(output_fields)
-        with self.engine.errors(f"read {self.name!r}"):
-            iterator = self.engine.milvus.query_iterator(self.name, batch_size=batch_size, output_fields=fields)
-        try:
-            while True:
-                with self.engine.errors(f"read {self.name!r}"):
-                    batch = iterator.next()
-                if not batch:
-                    return
-                for row in batch:
-                    yield _plain(row, fields)
-        finally:
-            iterator.close()
+        for batch in self.engine.iterate(self.name, batch_size, fields):
+            for row in batch:
+                yield _plain(row, fields)
 
     def describe(self) -> dict[str, Any]:
         """The collection's spec (as JSON), its engine and its document count."""
@@ -224,7 +221,7 @@ class Collection:
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         from .embedding import embed_texts
 
-        return embed_texts(self.embedder, texts, cache_dir=self.client.cache_dir)
+        return embed_texts(self.embedder, texts, cache_dir=self.cache_dir)
 
     def embed_query(self, texts: Sequence[str]) -> np.ndarray:
         if isinstance(texts, str) or not isinstance(texts, Sequence) or not texts:
@@ -244,6 +241,17 @@ def check_embedder(name: str, spec: CollectionSpec, embedder: Embedder) -> Embed
             f"refusing to mix in vectors of {embedder.name!r} (dim {embedder.dim})"
         )
     return embedder
+
+
+@contextlib.contextmanager
+def _rejected_filter(filter_expr: str | None) -> Iterator[None]:
+    """Name the caller's filter in the engine's refusal of it."""
+    try:
+        yield
+    except InvalidInputError as exc:
+        if filter_expr:
+            raise InvalidInputError(f"filter_expr {filter_expr!r} was rejected: {exc}") from None
+        raise
 
 
 def _plain(row: Mapping[str, Any], fields: Sequence[str]) -> dict[str, Any]:

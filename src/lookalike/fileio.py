@@ -20,6 +20,8 @@ from .errors import InvalidInputError
 from .schema import ID_FIELD, VECTOR_FIELD
 
 FORMATS = ("jsonl", "csv", "parquet")
+# What an export is written in, and so what an import reads: CSV cannot carry the schema header.
+EXPORT_FORMATS = ("jsonl", "parquet")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
                ".pq": "parquet"}
 # The header key starts with "$", which no Milvus field name can, so it never hides a document.
@@ -155,7 +157,7 @@ class DocumentWriter:
         self._schema: Any = None
         if fmt == "jsonl":
             self._file = _open(path, "w")
-            self._file.write(_dumps({HEADER_KEY: self.header}) + "\n")
+            self._file.write(header_line(self.header))
 
     def write(self, documents: Iterable[Mapping[str, Any]]) -> None:
         """Append documents; the first Parquet batch fixes the columns of the file."""
@@ -163,7 +165,7 @@ class DocumentWriter:
         if not docs:
             return
         if self._file is not None:
-            self._file.write("".join(_dumps(d) + "\n" for d in docs))
+            self._file.write("".join(map(document_line, docs)))
         else:
             self._write_parquet(docs)
         self.rows += len(docs)
@@ -202,11 +204,32 @@ class DocumentWriter:
 
 def open_writer(path: str | Path, header: Mapping[str, Any],
                 format: str | None = None) -> DocumentWriter:
-    """A writer for an export: ``header`` holds at least ``spec`` (the collection's spec)."""
+    """A writer for an export: ``header`` holds at least ``spec`` (the collection's spec).
+
+    Args:
+        path: the file to write (replaced if it exists).
+        header: the export header; ``version`` is added.
+        format: ``jsonl`` or ``parquet``; default from the extension.
+    Returns:
+        A :class:`DocumentWriter` (a context manager).
+    """
     fmt = detect_format(path, format)
-    if fmt == "csv":
+    if fmt not in EXPORT_FORMATS:
         raise InvalidInputError("export writes JSON Lines (.jsonl) or Parquet (.parquet), not CSV")
     return DocumentWriter(Path(path), fmt, {"version": EXPORT_VERSION, **header})
+
+
+def header_line(header: Mapping[str, Any]) -> str:
+    """An export's first JSON Lines line, newline included: ``{"$lookalike": {...}}``.
+
+    ``version`` is added when ``header`` lacks it.
+    """
+    return _dumps({HEADER_KEY: {"version": EXPORT_VERSION, **header}}) + "\n"
+
+
+def document_line(document: Mapping[str, Any]) -> str:
+    """One document as a JSON Lines line, newline included; float32 vectors stay exact."""
+    return _dumps(document) + "\n"
 
 
 # -- readers -----------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .documents import as_vector, check_ids, id_filter
+from .documents import MIN_COSINE_NORM, as_vector, check_ids, id_filter, vector_norm
 from .errors import InvalidInputError, NotFoundError
-from .schema import ID_FIELD, VECTOR_FIELD, CollectionSpec
+from .schema import DEFAULT_NLIST, ID_FIELD, SEARCH_PARAMS, VECTOR_FIELD, CollectionSpec, shown
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 MAX_LIMIT = 16384  # Milvus's top-k ceiling
 
 
-def check_limit(limit: Any) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidInputError(f"limit must be an integer in [1, {MAX_LIMIT}], not {limit!r}")
+def check_limit(limit: Any, maximum: int = MAX_LIMIT) -> int:
+    """The number of results asked for: an integer in [1, maximum] (a service may set a lower
+    maximum than Milvus's; the HTTP service does, with this rule and message)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise InvalidInputError(f"limit must be an integer in [1, {maximum}], not {shown(limit)}")
     return limit
 
 
@@ -28,39 +30,56 @@ def check_output_fields(spec: CollectionSpec, output_fields: Any) -> list[str]:
     if output_fields is None:
         return []
     if isinstance(output_fields, str) or not isinstance(output_fields, Sequence):
-        raise InvalidInputError("output_fields must be a list of field names")
+        raise InvalidInputError(f"output_fields must be a list of field names, not {shown(output_fields)}")
     known = spec.field_names
     for name in output_fields:
         if name not in known:
-            raise InvalidInputError(f"output_fields: unknown field {name!r} (the collection has {', '.join(known)})")
+            raise InvalidInputError(
+                f"output_fields: unknown field {shown(name)} (the collection has {', '.join(known)})"
+            )
     return [name for name in output_fields if name != ID_FIELD]
 
 
 def mean_vector(vectors: np.ndarray, spec: CollectionSpec) -> np.ndarray:
     """The mean of several query vectors; re-normalised for IP/COSINE (for L2 the mean is kept
     as it is, since normalising would move it off the stored vectors' scale)."""
-    mean = vectors.mean(axis=0) if vectors.shape[0] > 1 else vectors[0]
+    # float64: the sum of several large vectors must not overflow on its way to the mean
+    mean = np.asarray(vectors, dtype=np.float64).mean(axis=0)
     if spec.metric == "L2":
         return mean.astype(np.float32)
-    norm = float(np.linalg.norm(mean))
+    norm = vector_norm(mean)
     if norm == 0.0:
         raise InvalidInputError("the query vectors cancel out: their mean is the zero vector")
     return (mean / norm).astype(np.float32)
 
 
 def as_query_vectors(vectors: Any, spec: CollectionSpec, parameter: str = "vectors") -> np.ndarray:
-    """One vector or a list of vectors → a checked (n, dim) float32 matrix."""
+    """One vector or a list of vectors → a checked (n, dim) float32 matrix (as given, not
+    normalised), each row held to the rules of stored vectors (see :func:`as_vector`)."""
     try:
-        matrix = np.asarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{parameter} must be a vector or a list of vectors of numbers") from None
+        matrix = np.asarray(vectors)
+    except (TypeError, ValueError):  # ragged lists
+        matrix = None
+    if matrix is None or matrix.dtype.kind not in "iuf":
+        raise InvalidInputError(f"{parameter} must be a vector or a list of vectors of numbers, not {shown(vectors)}")
     if matrix.ndim == 1:
         matrix = matrix[None, :]
     if matrix.ndim != 2 or matrix.shape[0] == 0:
-        raise InvalidInputError(f"{parameter} must be a vector or a non-empty list of vectors")
-    return np.stack(
-        [as_vector(row, spec.dim, f"{parameter}[{i}]", normalize=False) for i, row in enumerate(matrix)]
-    )
+        raise InvalidInputError(f"{parameter} must be a vector or a non-empty list of vectors, not {shown(vectors)}")
+    min_norm = MIN_COSINE_NORM if spec.metric == "COSINE" else 0.0
+    return np.stack([
+        as_vector(row, spec.dim, f"{parameter}[{i}]", normalize=False, min_norm=min_norm)
+        for i, row in enumerate(matrix)
+    ])
+
+
+def check_filter(filter_expr: Any) -> str | None:
+    """A filter expression: a string, or None for none."""
+    if filter_expr is not None and not isinstance(filter_expr, str):
+        raise InvalidInputError(
+            f"filter_expr must be a string, not {type(filter_expr).__name__} ({shown(filter_expr)})"
+        )
+    return filter_expr
 
 
 def combine_filters(*expressions: str | None) -> str:
@@ -81,16 +100,78 @@ DEFAULT_EF, WIDE_EF = 64, 128
 def search_params_for(
     spec: CollectionSpec, search_params: Mapping[str, Any] | None, limit: int, wide: bool
 ) -> dict[str, Any]:
-    """Accept ``{'ef': 128}`` or pymilvus's ``{'params': {...}}``; the metric is the collection's."""
-    if search_params is not None and not isinstance(search_params, Mapping):
-        raise InvalidInputError("search_params must be a dict such as {'ef': 128}")
-    search_params = search_params or {}
-    params = dict(search_params.get("params") or {})
-    params.update({k: v for k, v in search_params.items() if k not in ("params", "metric_type")})
-    if spec.vector_index.index_type == "HNSW" and "ef" not in params:
-        # ef below the limit is refused by a server: never ask for fewer candidates than results
-        params["ef"] = max(WIDE_EF if wide else DEFAULT_EF, limit)
+    """The engine's search parameters: the caller's, checked, with HNSW's ef defaulted.
+
+    Args:
+        search_params: ``{'ef': 128}``, or pymilvus's ``{'params': {'ef': 128}, 'metric_type': 'IP'}``
+            (see :func:`check_search_params`); None for the defaults.
+        limit: the number of results; HNSW's ef is raised to it.
+        wide: the query is filtered or a mean of several items (a wider default ef).
+
+    Returns:
+        ``{'metric_type': <the collection's>, 'params': {...}}``.
+    """
+    params = check_search_params(spec, search_params)
+    if spec.vector_index.index_type == "HNSW":
+        # A server refuses ef below the limit (Milvus wants ef >= topK): never ask for fewer
+        # candidates than results, whether ef is the caller's or ours.
+        params["ef"] = max(params.get("ef", WIDE_EF if wide else DEFAULT_EF), limit)
     return {"metric_type": spec.metric, "params": params}
+
+
+def check_search_params(spec: CollectionSpec, search_params: Any) -> dict[str, int]:
+    """The caller's search parameters, flattened and checked against the collection's index.
+
+    Each index type takes the keys of ``schema.SEARCH_PARAMS`` (HNSW ``ef`` in [1, 32768],
+    IVF_FLAT/IVF_SQ8 ``nprobe`` in [1, nlist], FLAT none), as integers, at the top level or
+    under pymilvus's ``'params'``; ``'metric_type'`` is accepted when it is the collection's.
+    Anything else is refused, naming the key and its value: the engines ignore unknown keys
+    silently, and a wrong type failed deep inside them.
+    """
+    if search_params is None:
+        return {}
+    if not isinstance(search_params, Mapping):
+        raise InvalidInputError(f"search_params must be a dict such as {{'ef': 128}}, not {shown(search_params)}")
+    index_type = spec.vector_index.index_type
+    allowed = SEARCH_PARAMS.get(index_type, {})
+    takes = f"the collection's {index_type} index takes {', '.join(allowed) or 'no search parameter'}"
+    params: dict[str, int] = {}
+
+    def check(key: Any, value: Any, container: str) -> None:
+        where = f"{container}[{shown(key)}]"
+        if key not in allowed:
+            raise InvalidInputError(
+                f"{container}: unknown key {shown(key)} = {shown(value)} "
+                f"({takes}; 'metric_type' and a nested 'params' dict are accepted too)"
+            )
+        low, high = allowed[key]
+        if high is None:  # nprobe: at most the index's nlist
+            high = int(spec.vector_index.params.get("nlist", DEFAULT_NLIST))
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidInputError(f"{where} must be an integer in [{low}, {high}] ({takes}), not {shown(value)}")
+        if params.get(key, value) != value:
+            raise InvalidInputError(f"{where} = {value} contradicts {key} = {params[key]} given beside it")
+        params[key] = value
+
+    for key, value in search_params.items():
+        if key == "metric_type":
+            if not isinstance(value, str) or value.upper() != spec.metric:
+                raise InvalidInputError(
+                    f"search_params['metric_type'] = {shown(value)} is not the collection's metric "
+                    f"{spec.metric!r} (leave it out: searches always use the collection's metric)"
+                )
+        elif key == "params":
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise InvalidInputError(
+                    f"search_params['params'] must be a dict such as {{'ef': 128}}, not {shown(value)}"
+                )
+            for inner, inner_value in value.items():
+                check(inner, inner_value, "search_params['params']")
+        else:
+            check(key, value, "search_params")
+    return params
 
 
 class SimilarQuery:
@@ -118,6 +199,7 @@ class SimilarQuery:
                 + (f" (got {' and '.join(given)})" if given else "")
             )
         limit = check_limit(limit)
+        filter_expr = check_filter(filter_expr)
         fields = check_output_fields(self.spec, output_fields)
         query_ids: list[str] = []
         if ids is not None:
@@ -158,12 +240,12 @@ class SimilarQuery:
     ) -> list[list[dict[str, Any]]]:
         """One engine call for all ``queries`` (nq > 1 is much faster than one call each);
         ``averaged``: the query is the mean of several items (a wider default search)."""
+        check_filter(filter_expr)
         params = search_params_for(self.spec, search_params, limit, wide=bool(expr) or averaged)
         engine = self.collection.engine
         try:
             hits = engine.search(
                 self.collection.name,
-                f"search {self.collection.name!r}",
                 data=queries,
                 filter=expr,
                 limit=limit,

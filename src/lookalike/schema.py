@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,12 +54,36 @@ METRICS = ("IP", "COSINE", "L2")
 SCALAR_INDEXES = ("INVERTED", "STL_SORT", "TRIE", "BITMAP", "AUTOINDEX")
 DEFAULT_VECTOR_INDEX = {"index_type": "HNSW", "metric_type": "IP", "M": 32, "efConstruction": 128}
 
+# The search-time parameters each vector index takes, with their ranges, as Milvus documents them
+# ("Index Parameter Range": HNSW ef in [topK, 32768], IVF nprobe in [1, nlist], FLAT none).
+# None as the upper bound of nprobe stands for the collection's nlist (see search_param_ranges).
+SEARCH_PARAMS: dict[str, dict[str, tuple[int, int | None]]] = {
+    "FLAT": {},
+    "HNSW": {"ef": (1, 32768)},
+    "IVF_FLAT": {"nprobe": (1, None)},
+    "IVF_SQ8": {"nprobe": (1, None)},
+}
+DEFAULT_NLIST = 128  # both engines' nlist when an IVF index is built without one
+
+# How a culprit's value shows in a message: short enough for one line, whatever its size.
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 80, 80, 8, 8, 6
+SHOWN_LENGTH = 80
+
+
+def shown(value: object) -> str:
+    """``value``'s repr for an error message, cut to about SHOWN_LENGTH characters."""
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) >= 1:  # a numpy array: its numbers only
+        value = value[:8].tolist() + ([...] if len(value) > 8 else [])  # type: ignore[index]
+    text = _REPR.repr(value)
+    return text if len(text) <= SHOWN_LENGTH else text[: SHOWN_LENGTH - 3] + "..."
+
 
 def validate_name(name: object, what: str = "collection name") -> str:
     """Return ``name`` if it is a valid Milvus identifier, else raise naming it."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidInputError(
-            f"{what} {name!r} is invalid: use letters, digits and underscores, "
+            f"{what} {shown(name)} is invalid: use letters, digits and underscores, "
             "starting with a letter or underscore (at most 255)"
         )
     return name
@@ -176,6 +201,14 @@ def build_spec(
     index); ``vec`` defaults to HNSW/IP when it is not named.
     """
     dim = _check_dim(dim)
+    if isinstance(fields, (str, bytes, Mapping)) or not isinstance(fields, Iterable):
+        raise InvalidInputError(f"fields must be a list of field definitions, not {shown(fields)}")
+    if indexes is not None and not isinstance(indexes, Mapping):
+        raise InvalidInputError(f"indexes must be a dict from field name to index parameters, not {shown(indexes)}")
+    if embedder is not None and not (
+        isinstance(embedder, Mapping) and isinstance(embedder.get("name"), str) and embedder["name"]
+    ):
+        raise InvalidInputError(f"embedder must be a dict with a non-empty 'name', not {shown(embedder)}")
     specs = tuple(_field_spec(f, position) for position, f in enumerate(fields or ()))
     seen: set[str] = set()
     for spec in specs:
@@ -189,7 +222,7 @@ def build_spec(
         target = next((s for s in specs if s.name == name), None)
         if target is None:
             raise InvalidInputError(
-                f"indexes: {name!r} is not a field of the collection (fields: {', '.join(seen) or 'none'})"
+                f"indexes: {shown(name)} is not a field of the collection (fields: {', '.join(seen) or 'none'})"
             )
         if target.type == "json":
             raise InvalidInputError(f"indexes: field {name!r} is json and cannot take a scalar index")
@@ -200,13 +233,18 @@ def build_spec(
 def spec_from_json(data: Mapping[str, Any]) -> CollectionSpec:
     """The inverse of :meth:`CollectionSpec.to_json` (also the JSON schema of the CLI and HTTP)."""
     if not isinstance(data, Mapping):
-        raise InvalidInputError("schema must be a JSON object with 'dim', 'fields' and 'indexes'")
+        raise InvalidInputError(
+            f"schema must be a JSON object with 'dim', 'fields' and 'indexes', not {shown(data)}"
+        )
     unknown = set(data) - {"dim", "fields", "indexes", "embedder"}
     if unknown:
-        raise InvalidInputError(f"schema: unknown key(s) {', '.join(sorted(unknown))}")
+        raise InvalidInputError(
+            f"schema: unknown key(s) {', '.join(shown(k) for k in sorted(unknown, key=str))}"
+            " (it takes dim, fields, indexes, embedder)"
+        )
     fields = data.get("fields") or []
     if not isinstance(fields, list):
-        raise InvalidInputError("schema: 'fields' must be a list")
+        raise InvalidInputError(f"schema: 'fields' must be a list, not {shown(fields)}")
     return build_spec(fields, data.get("indexes"), data.get("dim", DEFAULT_DIM), data.get("embedder"))
 
 
@@ -215,31 +253,35 @@ def parse_vector_index(params: Mapping[str, Any] | None) -> VectorIndex:
     if params is None:
         params = DEFAULT_VECTOR_INDEX
     if not isinstance(params, Mapping):
-        raise InvalidInputError(f"indexes['vec'] must be a dict of index parameters, not {params!r}")
+        raise InvalidInputError(f"indexes['vec'] must be a dict of index parameters, not {shown(params)}")
     flat = {k: v for k, v in params.items() if k != "params"}
     nested = params.get("params") or {}
     if not isinstance(nested, Mapping):
-        raise InvalidInputError("indexes['vec']['params'] must be a dict")
+        raise InvalidInputError(f"indexes['vec']['params'] must be a dict, not {shown(nested)}")
     flat.update(nested)
     index_type = str(flat.pop("index_type", "HNSW")).upper()
     metric = str(flat.pop("metric_type", "IP")).upper()
     if index_type not in VECTOR_INDEXES:
         raise InvalidInputError(
-            f"indexes['vec']: unknown index_type {index_type!r} (choose one of {', '.join(VECTOR_INDEXES)})"
+            f"indexes['vec']: unknown index_type {shown(index_type)} (choose one of {', '.join(VECTOR_INDEXES)})"
         )
     if metric not in METRICS:
-        raise InvalidInputError(f"indexes['vec']: unknown metric_type {metric!r} (choose one of {', '.join(METRICS)})")
+        raise InvalidInputError(
+            f"indexes['vec']: unknown metric_type {shown(metric)} (choose one of {', '.join(METRICS)})"
+        )
     allowed = VECTOR_INDEXES[index_type]
     build: dict[str, int] = {}
     for key, value in flat.items():
         if key not in allowed:
             raise InvalidInputError(
-                f"indexes['vec']: {index_type} takes no parameter {key!r}"
+                f"indexes['vec']: {index_type} takes no parameter {shown(key)} (= {shown(value)})"
                 + (f" (it takes {', '.join(allowed)})" if allowed else "")
             )
         low, high = allowed[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise InvalidInputError(f"indexes['vec']: {key} must be an integer in [{low}, {high}], not {value!r}")
+            raise InvalidInputError(
+                f"indexes['vec']: {key} must be an integer in [{low}, {high}], not {shown(value)}"
+            )
         build[key] = value
     return VectorIndex(index_type, metric, build)
 
@@ -252,7 +294,7 @@ def _scalar_index_type(name: str, params: Any) -> str | None:
         return None
     if not isinstance(kind, str) or kind.upper() not in SCALAR_INDEXES:
         raise InvalidInputError(
-            f"indexes[{name!r}]: unknown scalar index_type {kind!r} "
+            f"indexes[{name!r}]: unknown scalar index_type {shown(kind)} "
             f"(None for the engine's default, or one of {', '.join(SCALAR_INDEXES)})"
         )
     return "Trie" if kind.upper() == "TRIE" else kind.upper()
@@ -260,7 +302,7 @@ def _scalar_index_type(name: str, params: Any) -> str | None:
 
 def _check_dim(dim: Any) -> int:
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
-        raise InvalidInputError(f"dim must be an integer in [1, {MAX_DIM}], not {dim!r}")
+        raise InvalidInputError(f"dim must be an integer in [1, {MAX_DIM}], not {shown(dim)}")
     return dim
 
 
@@ -281,24 +323,30 @@ def _field_spec(source: FieldSchema | Mapping[str, Any] | FieldSpec, position: i
         raw = str(source.get("type", "")).lower()
         type_name = raw if raw in FIELD_TYPES else None
         if type_name is None:
-            raise InvalidInputError(f"field {name!r}: unknown type {source.get('type')!r} "
+            raise InvalidInputError(f"field {shown(name)}: unknown type {shown(source.get('type'))} "
                                     f"(supported: {', '.join(FIELD_TYPES)})")
         max_length = source.get("max_length")
         extra = set(source) - {"name", "type", "max_length"}
         if extra:
-            raise InvalidInputError(f"field {name!r}: unknown key(s) {', '.join(sorted(extra))}")
+            raise InvalidInputError(
+                f"field {shown(name)}: unknown key(s) {', '.join(shown(k) for k in sorted(extra, key=str))}"
+            )
     else:
-        raise InvalidInputError(f"fields[{position}] must be a pymilvus FieldSchema or a dict, not {source!r}")
+        raise InvalidInputError(
+            f"fields[{position}] must be a pymilvus FieldSchema or a dict, not {shown(source)}"
+        )
     validate_name(name, f"fields[{position}] name")
     if name in (ID_FIELD, VECTOR_FIELD):
         raise InvalidInputError(f"field {name!r} is reserved: every collection has 'id' and 'vec' already")
     if type_name == "varchar":
         if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_VARCHAR:
             raise InvalidInputError(
-                f"field {name!r}: varchar needs max_length in [1, {MAX_VARCHAR}], not {max_length!r}"
+                f"field {name!r}: varchar needs max_length in [1, {MAX_VARCHAR}], not {shown(max_length)}"
             )
     elif max_length is not None:
-        raise InvalidInputError(f"field {name!r}: max_length applies to varchar only")
+        raise InvalidInputError(
+            f"field {name!r}: max_length applies to varchar only (got max_length={shown(max_length)} on {type_name})"
+        )
     return FieldSpec(name, type_name, max_length)
 
 

@@ -1,6 +1,8 @@
-"""Translate what pymilvus and grpc raise into lookalike's errors, with messages a user can act on.
+"""Translate what the engines raise into lookalike's errors, with messages a user can act on.
 
-The server's own words mislead: a wrong password reads "illegal connection params or server
+``translate_lite_error`` covers the embedded engine (Milvus Lite's exceptions, and the disk's);
+``translate_engine_error`` a server reached through pymilvus and grpc. There the server's own
+words mislead: a wrong password reads "illegal connection params or server
 unavailable", and a permission denial arrives as a raw ``grpc.RpcError`` rather than a
 ``MilvusException``. Callers wrap engine calls like this::
 
@@ -12,6 +14,7 @@ unavailable", and a permission denial arrives as a raw ``grpc.RpcError`` rather 
 
 from __future__ import annotations
 
+import errno
 import re
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,11 +23,13 @@ from pymilvus.exceptions import MilvusException
 
 from ..errors import (
     AuthenticationError,
+    ConflictError,
     EngineUnavailableError,
     InvalidInputError,
     LookalikeError,
     NotFoundError,
     PermissionDeniedError,
+    StorageError,
 )
 
 # pymilvus's code for a failed connection; the grpc error that caused it says why.
@@ -66,7 +71,7 @@ def translate_engine_error(
         return EngineUnavailableError(f"the Milvus server at {where} is unreachable{doing}")
     if isinstance(exc, MilvusException):
         return _from_milvus(exc, where, who, doing)
-    return LookalikeError(f"Milvus at {where} failed{doing}: {exc}")
+    return StorageError(f"Milvus at {where} failed{doing}: {exc}. Check the server's logs and retry.")
 
 
 def redact_uri(uri: str) -> str:
@@ -113,4 +118,65 @@ def _from_milvus(exc: MilvusException, where: str, who: str, doing: str) -> Look
         return EngineUnavailableError(f"the collection is not loaded at {where}{doing}")
     if exc.code == _INVALID_PARAMETER or "cannot parse expression" in message:
         return InvalidInputError(f"Milvus at {where} refused the request{doing}: {message}")
-    return LookalikeError(f"Milvus at {where} failed{doing}: {message}")
+    # Not the caller's fault as far as anyone can tell: the server's own failure.
+    return StorageError(f"Milvus at {where} failed{doing}: {message}. Check the server's logs and retry.")
+
+
+# -- the embedded engine -------------------------------------------------------------------
+
+# Disk full, or a quota spent.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def translate_lite_error(exc: BaseException, *, data_dir: str, action: str) -> LookalikeError:
+    """The lookalike error that says what went wrong in ``exc``, raised by Milvus Lite in process.
+
+    The caller's fault (a document the schema refuses, a bad filter, an unknown field) is an
+    ``InvalidInputError``; a missing collection ``NotFoundError``; a directory held by another
+    process ``EngineUnavailableError``; everything else (the disk, damaged files, an engine bug)
+    a ``StorageError`` naming the data directory and what to do. A lookalike error raised inside
+    the engine (the durability patches raise ``StorageError``) passes through unchanged.
+
+    Args:
+        exc: what the engine raised.
+        data_dir: the data directory, for messages.
+        action: what was being done, e.g. ``"search 'articles'"``.
+    """
+    from milvus_lite import exceptions as lite
+    from milvus_lite.search.filter.exceptions import FilterError
+
+    if isinstance(exc, LookalikeError):
+        return exc
+    if isinstance(exc, (lite.SchemaValidationError, FilterError)):
+        return InvalidInputError(f"Milvus refused to {action}: {exc}")
+    if isinstance(exc, lite.CollectionNotFoundError):
+        return NotFoundError(f"{exc} in {data_dir} ({action})")
+    if isinstance(exc, (lite.CollectionAlreadyExistsError, lite.IndexAlreadyExistsError)):
+        return ConflictError(f"Milvus refused to {action}: {exc}")
+    if isinstance(exc, lite.DataDirLockedError):
+        return EngineUnavailableError(
+            f"cannot open the embedded Milvus data directory {data_dir}: another process "
+            "probably holds it (one process at a time may open it). Run one serving process "
+            "(e.g. `lookalike serve`) and send it requests, use another LOOKALIKE_DATA_DIR, "
+            "or point LOOKALIKE_MILVUS_URI at a Milvus server."
+        )
+    if isinstance(exc, lite.IndexBackendUnavailableError):
+        return EngineUnavailableError(
+            f"the embedded engine cannot {action}: {exc} (reinstall lookalike's dependencies)"
+        )
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return StorageError(
+            f"the disk holding the data directory {data_dir} is full ({action}: {exc.strerror}). "
+            "The failed call is not acknowledged: free space, then retry it.",
+            disk_full=True,
+        )
+    if isinstance(exc, OSError):
+        return StorageError(
+            f"the data directory {data_dir} could not be read or written ({action}: {exc}). Check its "
+            "permissions and the disk; if files are missing or damaged, restore it from a backup or an export."
+        )
+    return StorageError(
+        f"the embedded engine failed to {action} ({type(exc).__name__}: {exc}). The data directory "
+        f"{data_dir} may be damaged: restore it from a backup or an export (lookalike export) and "
+        "report the failure if it persists."
+    )

@@ -1,137 +1,60 @@
-"""The HTTP service: FastAPI routes over the library, one organisation per path prefix.
+"""The HTTP service: one route per library call, named after it, for every organisation.
 
-Each request to ``/v1/{codops}/...`` must carry ``Authorization: Bearer <token>`` where the token
-is that organisation's ``CODOPS_<CODE>_API_TOKEN``. One :class:`~lookalike.client.Client` per
-organisation is opened on first use and shared by every request after it; the routes are plain
-``def`` functions, so FastAPI runs the library's blocking calls in its threadpool and the event
-loop stays free. Errors become JSON ``{"error": kind, "detail": message}`` with a 4xx status.
+Each route authenticates the organisation in its path (``organisations.py``), calls the one
+:class:`~lookalike.client.Client` method of the same name, and answers its result as JSON; a
+library error answers with the status it carries (``errors.py``). The routes are plain ``def``
+functions: FastAPI runs them, and so the library's blocking calls, in its threadpool, and the
+event loop stays free. The OpenAPI document (``/openapi.json``) names each operation after its
+library call and declares every status a route answers, with the model of its body.
 """
 
+# No `from __future__ import annotations`: FastAPI reads the routes' local Annotated aliases.
 import contextlib
-import dataclasses
-import hmac
 import json
-import logging
 import os
-import re
-import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import Depends, FastAPI, Path, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
-from .. import __version__
+from .. import __version__, transfer
 from ..client import Client
-from ..config import Secret, Settings, password_variable, validate_codops
-from ..errors import (
-    InvalidInputError,
-    LookalikeError,
-)
+from ..config import Settings
+from ..embedding import registered_embedder
+from ..errors import LookalikeError
+from ..retrieval import check_limit
 from ..schema import creation_options
+from .errors import declared, error_response, install_error_handlers
+from .limits import BodyLimit, max_body_from, max_limit_from
+from .models import (
+    FILTER_ALIAS_DESCRIPTION,
+    FILTER_DESCRIPTION,
+    CollectionDescription,
+    CollectionSchema,
+    Count,
+    Deleted,
+    DeleteDocumentsRequest,
+    Document,
+    Dropped,
+    Error,
+    Hit,
+    Indexed,
+    IndexRequest,
+    RetrieveSimilarRequest,
+    Status,
+    one_filter,
+)
+from .organisations import Organisations, authenticator
 
-log = logging.getLogger(__name__)
+COLLECTIONS = "/v1/{codops}/collections"
+COLLECTION = COLLECTIONS + "/{name}"
 
-DEFAULT_MAX_LIMIT = 1000
-# 1,000 documents of 768 float32 values as JSON text are ~13 MB: a batch that size fits.
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
-_TOKEN_VARIABLE = re.compile(r"^CODOPS_([A-Z][A-Z0-9]{1,31})_API_TOKEN$")
-
-
-def token_variable(codops: str) -> str:
-    """The environment variable that holds an organisation's API token."""
-    return f"CODOPS_{validate_codops(codops).upper()}_API_TOKEN"
-
-
-class Organisations:
-    """One shared Client per organisation, opened lazily and reused for the process's life.
-
-    Every organisation's Client uses the same URI and data directory as ``settings``; its Milvus
-    password comes from ``CODOPS_<CODE>_MILVUS_PASSWORD``.
-    """
-
-    def __init__(self, settings: Settings, environ: Mapping[str, str],
-                 clients: Mapping[str, Client] | None = None) -> None:
-        self.settings = settings
-        self.environ = environ
-        self._clients: dict[str, Client] = dict(clients or {})
-        self._given = set(self._clients)  # the caller's to close, not ours
-        self._lock = threading.Lock()
-
-    def client(self, codops: str) -> Client:
-        with self._lock:  # two first requests must not open two clients
-            if codops not in self._clients:
-                settings = dataclasses.replace(
-                    self.settings,
-                    codops=codops,
-                    password=Secret(self.environ.get(password_variable(codops), "")),
-                )
-                self._clients[codops] = Client(settings)
-            return self._clients[codops]
-
-    def tokens(self) -> dict[str, str]:
-        """Organisation code -> configured API token (organisations with none are absent)."""
-        found = {}
-        for name, value in self.environ.items():
-            match = _TOKEN_VARIABLE.match(name)
-            if match and value:
-                found[match.group(1).lower()] = value
-        return found
-
-    def close(self) -> None:
-        with self._lock:
-            for code, client in self._clients.items():
-                if code not in self._given:
-                    with contextlib.suppress(LookalikeError):
-                        client.close()
-            self._clients.clear()
-
-
-class _BodyLimit:
-    """Refuses request bodies over ``max_bytes`` with 413, declared or streamed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _too_large(self.max_bytes)(scope, receive, send)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                # FastAPI re-raises an HTTPException met while reading the body
-                raise HTTPException(413, _too_large_detail(self.max_bytes))
-            return message
-
-        await self.app(scope, limited, send)
-
-
-def _too_large_detail(max_bytes: int) -> str:
-    return f"the request body is larger than the service's maximum of {max_bytes} bytes"
-
-
-def _too_large(max_bytes: int) -> JSONResponse:
-    return _error(413, "body_too_large", _too_large_detail(max_bytes))
-
-
-def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None
-           ) -> JSONResponse:
-    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+# What every /v1 route may answer besides its own success: no token or another organisation's,
+# a path that matches no route (a parameter holding '/'), a malformed request, a failed engine.
+_ANY = (401, 403, 404, 422, 503)
+_READ = declared(400, *_ANY)
+_WRITE = declared(400, *_ANY, 409, 413, 507)
 
 
 class _JSON(JSONResponse):
@@ -142,59 +65,11 @@ class _JSON(JSONResponse):
                           default=lambda v: v.tolist()).encode("utf-8")
 
 
-# -- request bodies (their JSON Schema is the OpenAPI document's) --------------------------------
+class JSONLines(StreamingResponse):
+    """A stream of JSON Lines: the text of an export file."""
 
-class CollectionSchema(BaseModel):
-    """The JSON shape of ``Collection.spec.to_json()``; ``create_collection`` validates it."""
+    media_type = "application/x-ndjson"
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "dim": 768,
-        "fields": [{"name": "language", "type": "varchar", "max_length": 16},
-                   {"name": "publication_date", "type": "int64"}],
-        "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 32},
-                    "language": None},
-    }]})
-
-    dim: int = Field(768, description="vector dimension")
-    fields: list[dict[str, Any]] = Field(
-        default_factory=list, description='metadata fields: {"name", "type", "max_length"?}')
-    indexes: dict[str, Any] | None = Field(
-        None, description='"vec": vector index parameters; a field name: null or its index type')
-    embedder: str | dict[str, Any] | None = Field(
-        None, description='a text embedding model to bind: its name, or {"name": ...}')
-
-
-class SimilarRequest(BaseModel):
-    """Query by stored ids, by vectors or by texts (exactly one)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ids: list[str] | None = None
-    vectors: list[list[float]] | list[float] | None = None
-    texts: list[str] | None = None
-    filter: str | None = Field(None, description="a Milvus boolean expression")
-    limit: int = 10
-    exclude_ids: bool = False
-    output_fields: list[str] | None = None
-    search_params: dict[str, Any] | None = None
-
-
-class IndexRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    documents: list[dict[str, Any]] = Field(description='{"id", "vec" or "text", **metadata}')
-    normalize: bool = True
-    upsert: bool = True
-
-
-class DeleteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ids: list[str] | None = None
-    filter: str | None = None
-
-
-# -- the application ---------------------------------------------------------------------------
 
 def create_app(
     client: Client | None = None,
@@ -216,12 +91,14 @@ def create_app(
             32 MiB).
         environ: where tokens and passwords are read (default ``os.environ``, read per request,
             so a rotated token takes effect without a restart).
+
+    Returns:
+        The FastAPI application (serve it with uvicorn, or ``lookalike serve``).
     """
     env = os.environ if environ is None else environ
     settings = settings or (client.settings if client else Settings.from_env(env))
-    max_limit = max_limit or _positive(env, "LOOKALIKE_HTTP_MAX_LIMIT", DEFAULT_MAX_LIMIT)
-    max_body_bytes = max_body_bytes or _positive(env, "LOOKALIKE_HTTP_MAX_BODY_BYTES",
-                                                 DEFAULT_MAX_BODY_BYTES)
+    max_limit = max_limit or max_limit_from(env)
+    max_body_bytes = max_body_bytes or max_body_from(env)
     organisations = Organisations(
         settings, env, {client.settings.codops: client} if client is not None else None)
 
@@ -238,155 +115,145 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.organisations = organisations
-    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
-    _add_error_handlers(app)
-    bearer = HTTPBearer(auto_error=False, description="CODOPS_<CODE>_API_TOKEN of the organisation")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    install_error_handlers(app)
 
-    def organisation(
-        codops: Annotated[str, Path(description="organisation code, e.g. ltlrt")],
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> Client:
-        """Authenticate the request for ``codops`` and return that organisation's Client."""
-        if credentials is None or not credentials.credentials:
-            raise HTTPException(401, "a bearer token is required (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        # Compare with every configured token, in constant time each, and only then decide.
-        given = credentials.credentials.encode()
-        owners = [code for code, token in organisations.tokens().items()
-                  if hmac.compare_digest(given, token.encode())]
-        if not owners:
-            raise HTTPException(401, "the bearer token is not valid",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if codops.lower() not in owners:
-            raise HTTPException(403, f"the bearer token does not give access to organisation "
-                                     f"{codops!r}")
-        return organisations.client(validate_codops(codops))
-
-    Org = Annotated[Client, Depends(organisation)]
+    Org = Annotated[Client, Depends(authenticator(organisations))]
     Name = Annotated[str, Path(description="collection name")]
+    Filter = Annotated[str | None, Query(description=FILTER_DESCRIPTION)]
+    FilterAlias = Annotated[str | None, Query(description=FILTER_ALIAS_DESCRIPTION, deprecated=True)]
+    Fields = Annotated[list[str] | None, Query(description="fields to return (repeat)")]
 
-    def check_limit(limit: int) -> int:
-        if limit > max_limit:
-            raise InvalidInputError(f"limit {limit} is over this service's maximum of {max_limit}")
-        return limit
+    # -- the service itself ------------------------------------------------------------------
 
-    @app.get("/health", tags=["service"])
-    def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    @app.get("/health", tags=["service"], operation_id="health", response_model=Status)
+    def health() -> Response:
+        """Liveness: the process answers (no token needed)."""
+        return _JSON({"status": "ok"})
 
-    @app.get("/ready", tags=["service"], responses={503: {"description": "Milvus unreachable"}})
-    def ready() -> Any:
-        """Readiness: Milvus answers for the service's own organisation (``CODOPS``)."""
+    @app.get("/ready", tags=["service"], operation_id="ready", response_model=Status,
+             responses={503: {"model": Error, "description": "the engine cannot be reached"}})
+    def ready() -> Response:
+        """Readiness: the engine answers for the service's own organisation (``CODOPS``)."""
         try:
             organisations.client(settings.codops).list_collections()
         except LookalikeError as exc:
-            return _error(503, "not_ready", str(exc))
-        return {"status": "ready"}
+            return error_response(503, "not_ready", str(exc))
+        return _JSON({"status": "ready"})
 
-    @app.get("/v1/{codops}/collections", tags=["collections"])
-    def list_collections(client: Org) -> list[str]:
-        """The organisation's collection names."""
-        return client.list_collections()
+    # -- collections -------------------------------------------------------------------------
 
-    @app.get("/v1/{codops}/collections/{name}", tags=["collections"])
-    def describe(client: Org, name: Name) -> dict[str, Any]:
-        """The collection's schema, indexes and document count."""
-        return client.collection(name).describe()
+    @app.get(COLLECTIONS, tags=["collections"], operation_id="list_collections",
+             response_model=list[str], responses=declared(*_ANY))
+    def list_collections(client: Org) -> Response:
+        """The organisation's collection names, sorted."""
+        return _JSON(client.list_collections())
 
-    @app.put("/v1/{codops}/collections/{name}", tags=["collections"],
-             responses={201: {"description": "created"},
-                        409: {"description": "exists with another schema"}})
-    def create_collection(client: Org, name: Name, schema: CollectionSchema) -> Any:
-        """Create the collection (idempotent: the same schema again answers 200)."""
-        existed = name in client.list_collections()
-        options = creation_options(schema.model_dump(exclude_none=True))
+    @app.put(COLLECTION, tags=["collections"], operation_id="create_collection",
+             response_model=CollectionDescription,
+             responses={201: {"model": CollectionDescription, "description": "created"}, **_WRITE})
+    def create_collection(client: Org, name: Name, schema: CollectionSchema) -> Response:
+        """Create the collection: 201 when created, 200 when it exists with this schema, 409 with another."""
+        existed = client.has_collection(name)
+        options = creation_options(schema.to_spec_json())
+        if "embedder" in options:
+            # Over HTTP only registered models: never a directory on the service's machine.
+            options["embedder"] = registered_embedder(options["embedder"])
         collection = client.create_collection(name, **options)
         return _JSON(collection.describe(), status_code=200 if existed else 201)
 
-    @app.get("/v1/{codops}/collections/{name}/similar", tags=["similar"])
-    def similar_by_ids(
-        client: Org,
-        name: Name,
-        ids: Annotated[list[str], Query(description="stored ids to start from (repeat)")],
-        filter: Annotated[str | None, Query(description="a Milvus boolean expression")] = None,
-        limit: int = 10,
-        exclude_ids: bool = False,
-        output_fields: Annotated[list[str] | None, Query(description="fields to return")] = None,
-    ) -> list[dict[str, Any]]:
-        """The documents most similar to stored ``ids``, best first."""
-        return client.collection(name).similar(
-            ids=ids, filter_expr=filter, limit=check_limit(limit), exclude_ids=exclude_ids,
-            output_fields=output_fields)
+    @app.get(COLLECTION, tags=["collections"], operation_id="describe",
+             response_model=CollectionDescription, responses=_READ)
+    def describe(client: Org, name: Name) -> Response:
+        """The collection's schema, indexes, engine and document count."""
+        return _JSON(client.describe(name))
 
-    @app.post("/v1/{codops}/collections/{name}/similar", tags=["similar"])
-    def similar(client: Org, name: Name, query: SimilarRequest) -> list[dict[str, Any]]:
-        """The documents most similar to ids, vectors or texts, best first."""
-        return client.collection(name).similar(
-            ids=query.ids, vectors=query.vectors, texts=query.texts, filter_expr=query.filter,
-            limit=check_limit(query.limit), exclude_ids=query.exclude_ids,
-            output_fields=query.output_fields, search_params=query.search_params)
+    @app.delete(COLLECTION, tags=["collections"], operation_id="drop_collection",
+                response_model=Dropped, responses=declared(400, *_ANY, 507))
+    def drop_collection(client: Org, name: Name) -> Response:
+        """Drop the collection and its documents (``dropped`` is false when there was none)."""
+        return _JSON({"dropped": client.drop_collection(name)})
 
-    @app.get("/v1/{codops}/collections/{name}/documents", tags=["documents"])
+    @app.get(COLLECTION + "/count", tags=["collections"], operation_id="count",
+             response_model=Count, responses=_READ)
+    def count(client: Org, name: Name, filter_expr: Filter = None,
+              filter: FilterAlias = None) -> Response:
+        """How many documents are stored, or match ``filter_expr``."""
+        return _JSON({"count": client.count(name, one_filter(filter_expr, filter))})
+
+    @app.get(COLLECTION + "/export", tags=["collections"], operation_id="export",
+             response_class=JSONLines, responses={
+                 200: {"description": "the header line (version, collection, spec, count), then "
+                                      "one document a line, vectors included: the text "
+                                      "`lookalike export` writes to a .jsonl file",
+                       "content": {JSONLines.media_type: {"schema": {"type": "string"}}}},
+                 **declared(400, *_ANY, by_reference=True)})
+    def export(client: Org, name: Name) -> Response:
+        """Every document and the collection's spec, streamed as JSON Lines (import it with
+        ``lookalike import``)."""
+        lines = transfer.export_lines(client.collection(name))  # the header is read here
+        return JSONLines(lines, headers={
+            "Content-Disposition": f'attachment; filename="{name}.jsonl"'})
+
+    # -- documents ---------------------------------------------------------------------------
+
+    @app.post(COLLECTION + "/documents", tags=["documents"], operation_id="index",
+              response_model=Indexed, responses=_WRITE)
+    def index(client: Org, name: Name, body: IndexRequest) -> Response:
+        """Store documents (replacing those with the same id unless ``upsert`` is false).
+
+        A request answered with an error stores none of its documents."""
+        return _JSON({"indexed": client.index(name, body.documents, normalize=body.normalize,
+                                              upsert=body.upsert)})
+
+    @app.get(COLLECTION + "/documents", tags=["documents"], operation_id="get_documents",
+             response_model=list[Document], responses=_READ)
     def get_documents(
         client: Org,
         name: Name,
         ids: Annotated[list[str], Query(description="ids to fetch (repeat)")],
-        output_fields: Annotated[list[str] | None, Query(description="fields to return")] = None,
-    ) -> list[dict[str, Any]]:
-        """Stored documents in the order of ``ids``; missing ids are left out."""
-        return client.collection(name).get(ids, output_fields=output_fields)
+        output_fields: Fields = None,
+    ) -> Response:
+        """Stored documents in the order of ``ids``; ids not stored are left out."""
+        return _JSON(client.get_documents(name, ids, output_fields))
 
-    @app.post("/v1/{codops}/collections/{name}/documents", tags=["documents"])
-    def index_documents(client: Org, name: Name, body: IndexRequest) -> dict[str, int]:
-        """Index documents (upsert by id unless ``upsert`` is false)."""
-        count = client.collection(name).index(
-            body.documents, normalize=body.normalize, upsert=body.upsert)
-        return {"indexed": count}
+    @app.post(COLLECTION + "/documents/delete", tags=["documents"],
+              operation_id="delete_documents", response_model=Deleted,
+              responses=declared(400, *_ANY, 413, 507))
+    def delete_documents(client: Org, name: Name, body: DeleteDocumentsRequest) -> Response:
+        """Delete documents by ``ids``, by ``filter_expr``, or both (a POST: a DELETE has no body)."""
+        return _JSON({"deleted": client.delete_documents(
+            name, body.ids, one_filter(body.filter_expr, body.filter))})
 
-    @app.delete("/v1/{codops}/collections/{name}/documents", tags=["documents"])
-    def delete_documents(client: Org, name: Name, body: DeleteRequest) -> dict[str, int]:
-        """Delete documents by ``ids`` or by ``filter``."""
-        return {"deleted": client.collection(name).delete(ids=body.ids,
-                                                                 filter_expr=body.filter)}
+    # -- similarity --------------------------------------------------------------------------
+
+    @app.post(COLLECTION + "/similar", tags=["similar"], operation_id="retrieve_similar",
+              response_model=list[Hit], responses=declared(400, *_ANY, 413))
+    def retrieve_similar(client: Org, name: Name, query: RetrieveSimilarRequest) -> Response:
+        """The documents most similar to ids, vectors or texts, best first."""
+        return _JSON(client.retrieve_similar(
+            name, ids=query.ids, vectors=query.vectors, texts=query.texts,
+            filter_expr=one_filter(query.filter_expr, query.filter),
+            limit=check_limit(query.limit, max_limit), exclude_ids=query.exclude_ids,
+            output_fields=query.output_fields, search_params=query.search_params))
+
+    @app.get(COLLECTION + "/similar", tags=["similar"], operation_id="retrieve_similar_by_ids",
+             response_model=list[Hit], responses=_READ)
+    def retrieve_similar_by_ids(
+        client: Org,
+        name: Name,
+        ids: Annotated[list[str], Query(description="stored ids to start from (repeat)")],
+        filter_expr: Filter = None,
+        filter: FilterAlias = None,
+        limit: Annotated[int, Query(description="the number of hits (at most the service's "
+                                                "maximum)", json_schema_extra={"minimum": 1})] = 10,
+        exclude_ids: bool = False,
+        output_fields: Fields = None,
+    ) -> Response:
+        """``retrieve_similar`` by stored ids, in a URL: the documents most similar to ``ids``."""
+        return _JSON(client.retrieve_similar(
+            name, ids=ids, filter_expr=one_filter(filter_expr, filter),
+            limit=check_limit(limit, max_limit), exclude_ids=exclude_ids,
+            output_fields=output_fields))
 
     return app
-
-
-def _positive(env: Mapping[str, str], variable: str, default: int) -> int:
-    value = env.get(variable) or str(default)
-    if not value.isdigit() or int(value) < 1:
-        raise InvalidInputError(f"{variable} must be a positive integer, not {value!r}")
-    return int(value)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(LookalikeError)
-    async def library_error(request: Request, exc: LookalikeError) -> JSONResponse:
-        status, kind = exc.http_status, exc.kind
-        if status >= 500:
-            log.error("%s %s failed: %s", request.method, request.url.path, exc)
-        return _error(status, kind, str(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kinds = {401: "unauthenticated", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "body_too_large"}
-        return _error(exc.status_code, kinds.get(exc.status_code, "http_error"), str(exc.detail),
-                      headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # The client's input is not echoed back: only where and what.
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type")}
-                  for e in exc.errors()]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(part) for part in first["loc"])
-        return JSONResponse({"error": "validation_error", "detail": f"{where}: {first['msg']}",
-                             "errors": errors}, status_code=422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # The trace goes to the log, never into the response.
-        log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, "internal_error", "the service failed; see its log")

@@ -1,122 +1,25 @@
-"""The embedded engine's hot calls, in process: search, read by id and write without the gRPC round trip.
+"""Writes to the embedded engine as columns: the vectors of a batch go in as one float32 block.
 
-pymilvus opens Milvus Lite 3.x by starting the engine in this process behind a gRPC server on
-loopback, and sends every call through it: the request is packed into protobuf, crosses the
-socket, is decoded by the engine's servicer into the same ``Collection.search`` / ``get`` calls
-this module makes, and the result travels back the same way. At 10k rows that round trip is
-~1.2 ms of a 1.6 ms search and ~0.9 ms of a 1.0 ms read of five vectors (bench/README.md); a
-write is packed, sent and unpacked row by row into Python floats.
+The engine's ``insert`` checks every float of every vector in Python and rebuilds each vector
+from a list of Python floats (two thirds of an ingest, and ~0.3 GB of Python objects at 100k rows
+of 768 floats); ``write_columns`` puts the vectors into the engine's write-ahead batch as one
+block, while every other field still passes the engine's own validation and batch builder. It
+reaches into the engine's internals as the patches do, so the engine layer uses it only when the
+patches are active (``patches.is_applied()``), and the engine's own insert otherwise. The caller
+holds the engine's write lock: the engine allocates sequence numbers without a lock of its own.
 
-``LiteDirect`` calls the engine object that the gRPC server serves, so both paths see the same
-data, locks and indexes; search, read by primary key, insert and upsert go this way, the rest
-(collections, indexes, flush, count, delete) through pymilvus. Failures are turned
-into the ``MilvusException`` the servicer would have sent, so lookalike's error translation is
-the same on both paths. It is used only with the Milvus Lite versions it was tested against.
-
-Writes go in as columns (``write_columns``): the engine's ``insert`` checks every float of every
-vector in Python and rebuilds each vector from a list of Python floats (two thirds of an ingest,
-and ~0.3 GB of Python objects at 100k rows of 768 floats); here the vectors go into the engine's
-write-ahead batch as one float32 block, while every other field still passes the engine's own
-validation and batch builder. Writes to one engine are serialised: the engine allocates sequence
-numbers without a lock of its own.
+Also here: the two conversions between lookalike's rows and the engine's (``engine_rows``,
+``json_decoder``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
-from pymilvus.exceptions import MilvusException
-
-from .patches.search import TESTED_VERSIONS
-
-T = TypeVar("T")
-
-
-class LiteDirect:
-    """Search, get and write on one database of an open Milvus Lite engine, as pymilvus does them."""
-
-    def __init__(self, db: Any, database: str) -> None:
-        self._db = db
-        self._database = database
-        self._write_lock = _write_lock_of(db)
-
-    def search(
-        self,
-        collection_name: str,
-        data: Sequence[Any],
-        filter: str,  # noqa: A002 - MilvusClient's keyword
-        limit: int,
-        output_fields: list[str],
-        search_params: dict[str, Any],
-        anns_field: str,
-    ) -> list[list[dict[str, Any]]]:
-        """Like ``MilvusClient.search``: per query, hits ``{'id', 'distance', 'entity'}`` best first."""
-        collection = self._collection(collection_name)
-        hits = self._call(
-            lambda: collection.search(
-                [np.asarray(q, dtype=np.float32).tolist() for q in data],
-                top_k=limit,
-                metric_type=search_params.get("metric_type"),
-                expr=filter or None,
-                output_fields=output_fields,
-                anns_field=anns_field,
-                search_params=search_params.get("params") or {},
-            )
-        )
-        decode = _json_decoder(collection)
-        return [[{**hit, "entity": decode(hit["entity"])} for hit in per_query] for per_query in hits]
-
-    def get(self, collection_name: str, ids: list[str], output_fields: list[str]) -> list[dict[str, Any]]:
-        """Rows by primary key, as ``MilvusClient.get`` returns them; missing ids left out."""
-        collection = self._collection(collection_name)
-        decode = _json_decoder(collection)
-        return [decode(row) for row in self._call(lambda: collection.get(ids, output_fields=output_fields))]
-
-    def upsert(self, collection_name: str, data: list[dict[str, Any]]) -> None:
-        """Like ``MilvusClient.upsert``."""
-        self._write(collection_name, data, upsert=True)
-
-    def insert(self, collection_name: str, data: list[dict[str, Any]]) -> None:
-        """Like ``MilvusClient.insert``."""
-        self._write(collection_name, data, upsert=False)
-
-    def _write(self, collection_name: str, data: list[dict[str, Any]], upsert: bool) -> None:
-        collection = self._collection(collection_name)
-        with self._write_lock:
-            if data and writes_columns(collection, data, upsert):
-                self._call(lambda: write_columns(collection, data))
-            else:
-                rows = _engine_rows(data)
-                self._call(lambda: (collection.upsert if upsert else collection.insert)(rows))
-
-    def _collection(self, name: str) -> Any:
-        return self._call(lambda: self._db.get_collection(name, database_name=self._database))
-
-    @staticmethod
-    def _call(call: Callable[[], T]) -> T:
-        try:
-            return call()
-        except Exception as exc:  # noqa: BLE001 - re-raised as the gRPC path would raise it
-            from milvus_lite.adapter.grpc.errors import to_status_kwargs
-
-            status = to_status_kwargs(exc)
-            raise MilvusException(status["code"], status["reason"], status["error_code"]) from exc
-
-
-# One write lock per engine object, shared by the clients of one data directory in this process.
-_write_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_write_locks_lock = threading.Lock()
-
-
-def _write_lock_of(db: Any) -> threading.Lock:
-    with _write_locks_lock:
-        return _write_locks.setdefault(db, threading.Lock())
 
 
 def writes_columns(collection: Any, records: list[dict[str, Any]], upsert: bool) -> bool:
@@ -193,12 +96,12 @@ class _ScalarBatchBuilder:
     _wal_data_schema: Any
 
 
-def _engine_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def engine_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The engine validates vectors as lists of numbers: hand numpy vectors over as lists."""
     return [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in row.items()} for row in rows]
 
 
-def _json_decoder(collection: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def json_decoder(collection: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """The engine keeps JSON fields as text; pymilvus hands them out parsed, and so does this."""
     from milvus_lite import DataType
 
@@ -211,20 +114,3 @@ def _json_decoder(collection: Any) -> Callable[[dict[str, Any]], dict[str, Any]]
         return row
 
     return decode
-
-
-def open_direct(path: str, database: str) -> LiteDirect | None:
-    """The in-process reads of the Milvus Lite engine that pymilvus started for ``path``, or None
-    when that engine is not one this module was tested against (pymilvus's path is used then)."""
-    try:
-        import milvus_lite
-        from milvus_lite.server_manager import server_manager_instance
-    except ImportError:
-        return None
-    if getattr(milvus_lite, "__version__", "") not in TESTED_VERSIONS:
-        return None
-    entry = getattr(server_manager_instance, "_servers", {}).get(path)
-    if entry is None:
-        return None
-    _server, db, _port = entry
-    return LiteDirect(db, database)

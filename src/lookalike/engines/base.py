@@ -1,0 +1,148 @@
+"""The one interface between lookalike and a vector engine.
+
+``Client`` and ``Collection`` call only the methods of :class:`Engine`; what differs between the
+embedded Milvus Lite (``lite/engine.py``) and a Milvus server (``server.py``) lives in those two
+classes: consistency levels, scalar index names, retries, locking, features a 2.3 server lacks.
+
+Every method raises lookalike's errors (``lookalike.errors``), never the engine's: the caller's
+mistake is an ``InvalidInputError``, a missing collection a ``NotFoundError``, an engine that
+cannot be reached or opened an ``EngineUnavailableError``, and a failure of the engine or its
+disk a ``StorageError`` naming the data directory or server and what to do.
+
+A new engine feature (grouping, rerankers, full-text search) is a new method here, implemented
+by both engines (the server one may raise ``InvalidInputError`` naming the server version it
+needs), and called from retrieval or the collection.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from ..schema import CollectionSpec
+
+
+class Engine(ABC):
+    """An open engine, seen from one organisation's database.
+
+    Rows are dicts of field name to value; a vector is a sequence of floats (a numpy array on the
+    way in is fine). Names are checked by the caller (``schema.validate_name``).
+    """
+
+    #: where the data lives, for messages: a data directory or a server URI (no secret in it)
+    location: str
+    #: which engine this is, as ``describe()`` reports it: ``"lite"`` or ``"server"`` (for display:
+    #: what differs between engines is in their classes, never decided above this package)
+    kind: str
+
+    # -- collections -----------------------------------------------------------------------
+
+    @abstractmethod
+    def has_collection(self, name: str) -> bool:
+        """Whether the organisation has a collection called ``name``."""
+
+    @abstractmethod
+    def list_collections(self) -> list[str]:
+        """The organisation's collection names, sorted."""
+
+    @abstractmethod
+    def create_collection(self, name: str, spec: CollectionSpec) -> None:
+        """Create ``name`` from ``spec``: its schema (string ``id``, vector ``vec``, the spec's
+        fields), the spec recorded as a collection property, the vector index and the scalar
+        indexes, loaded for search. Never leaves half a collection: if a step fails, what was
+        created is dropped and the error raised."""
+
+    @abstractmethod
+    def drop_collection(self, name: str) -> bool:
+        """Drop ``name`` and its documents.
+
+        Returns:
+            False if there was no such collection.
+        """
+
+    @abstractmethod
+    def read_spec(self, name: str) -> CollectionSpec:
+        """The spec lookalike recorded for ``name``, or one rebuilt from the engine's description
+        of a collection lookalike did not create."""
+
+    @abstractmethod
+    def add_scalar_indexes(self, name: str, spec: CollectionSpec, added: Mapping[str, str | None]) -> CollectionSpec:
+        """Index the fields of ``added`` (field -> index type, None for the engine's default) on a
+        collection whose recorded spec is ``spec``, and record the new spec.
+
+        Returns:
+            The spec now recorded (``spec`` with ``added`` among its scalar indexes).
+        """
+
+    @abstractmethod
+    def load(self, name: str) -> None:
+        """Make ``name`` searchable (a collection reopened by a new process starts released)."""
+
+    # -- documents -------------------------------------------------------------------------
+
+    @abstractmethod
+    def write(self, name: str, rows: list[dict[str, Any]], upsert: bool) -> None:
+        """Store ``rows`` (checked by the caller); ``upsert`` replaces rows with the same id.
+        When this returns, the rows are acknowledged: readable at once and kept across a crash."""
+
+    @abstractmethod
+    def flush(self, name: str) -> None:
+        """Seal what was written into the engine's segments (its indexes are built from them)."""
+
+    @abstractmethod
+    def delete(self, name: str, expr: str) -> int:
+        """Delete the documents matching the filter expression ``expr`` (never empty).
+
+        Returns:
+            How many documents matched and were deleted.
+        """
+
+    @abstractmethod
+    def get(self, name: str, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        """The rows of ``ids`` (at most ~1000, checked) with ``fields``; ids not stored are left
+        out, the order is not guaranteed."""
+
+    @abstractmethod
+    def search(
+        self,
+        name: str,
+        *,
+        data: Sequence[Any],
+        filter: str,  # noqa: A002 - the engines' own keyword
+        limit: int,
+        output_fields: list[str],
+        search_params: Mapping[str, Any],
+        anns_field: str,
+    ) -> list[list[dict[str, Any]]]:
+        """Nearest neighbours of each query vector of ``data``.
+
+        Args:
+            data: the query vectors.
+            filter: a filter expression, or "" for none.
+            limit: hits per query.
+            output_fields: fields to return in each hit's ``entity`` (never empty).
+            search_params: ``{'metric_type': ..., 'params': {'ef': ...}}``.
+            anns_field: the vector field searched.
+
+        Returns:
+            Per query, hits ``{'id', 'distance', 'entity'}`` best first.
+        """
+
+    @abstractmethod
+    def count(self, name: str, expr: str = "") -> int:
+        """How many documents match ``expr`` ("" for all)."""
+
+    @abstractmethod
+    def iterate(self, name: str, batch_size: int, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        """Every document with ``fields``, in batches of at most ``batch_size`` rows. Writes made
+        while iterating may or may not be seen; each batch is read consistently."""
+
+    @abstractmethod
+    def wait_for_index(self, name: str) -> None:
+        """Return once the vector index covers every flushed row of ``name`` (the engines build
+        it in the background after a flush; searches are correct meanwhile, only slower)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Let go of the engine (idempotent); the last client of an embedded engine closes it."""

