@@ -17,7 +17,7 @@ import pytest
 from docs_session import DOCS, documented_session
 from typer.testing import CliRunner
 
-from lookalike import transfer
+from lookalike import SimilarRequest, transfer
 from lookalike.cli import app
 from lookalike.client import Client
 from lookalike.collection import Collection
@@ -251,8 +251,8 @@ def test_similar_passes_ef_and_search_params_through(run, tmp_path, library_call
         library_calls.clear()
         hits = json.loads(ok(run("similar", "params", "--id", "d1", *options, "--json")))
         assert hits[0]["id"] == "d1"
-        [kwargs] = [kwargs for name, _, kwargs in library_calls if name == "Collection.similar"]
-        assert kwargs["search_params"] == expected
+        [(args, kwargs)] = [(args, kwargs) for name, args, kwargs in library_calls if name == "Collection.similar"]
+        assert SimilarRequest.of(*args[1:], **kwargs).search_params == expected
     # a value the engine refuses is the caller's input: exit 1, one line
     refused = run("similar", "params", "--id", "d1", "--search-param", "ef=wide")
     assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
@@ -364,8 +364,8 @@ LIBRARY_CALLS = {
     ("similar",): "Collection.similar",
     ("delete",): "Collection.delete",
     ("count",): "Collection.count",
-    ("export",): "transfer.export_collection",
-    ("import",): "transfer.import_collection",
+    ("export",): "Collection.export",
+    ("import",): "Client.import_collection",
     ("serve",): "http.app.create_app",
     ("eval",): "quality.evaluation.evaluate",
     ("admin", "provision"): "ops.admin.provision",

@@ -193,14 +193,20 @@ def outcome(data_dir: Path, expected: dict) -> str:
     return "exact" if got == expected else "wrong"
 
 
+def damaged_copy(source: Path, tmp_path: Path, pattern: str, damage: Damage) -> Path:
+    """A copy of the prepared directory with ``damage`` done to the one file matching ``pattern``."""
+    data_dir = tmp_path / "copy"
+    shutil.copytree(source, data_dir)
+    damage(one(data_dir, pattern))
+    return data_dir
+
+
 @pytest.mark.parametrize(("name", "pattern", "damage", "expected"), CASES, ids=[c[0] for c in CASES])
 def test_damage_is_recovered_exactly_or_refused(
     prepared: tuple[Path, dict], tmp_path: Path, name: str, pattern: str, damage: Damage, expected: str
 ) -> None:
     source, answers_before = prepared
-    data_dir = tmp_path / "copy"
-    shutil.copytree(source, data_dir)
-    damage(one(data_dir, pattern))
+    data_dir = damaged_copy(source, tmp_path, pattern, damage)
     assert outcome(data_dir, answers_before) == expected
 
 
@@ -210,9 +216,7 @@ def test_damage_to_the_log_end_is_not_detectable(
 ) -> None:
     """Documented limit (docs/reliability.md): the writes lost are the unflushed ones (flush=False)."""
     source, answers_before = prepared
-    data_dir = tmp_path / "copy"
-    shutil.copytree(source, data_dir)
-    damage(one(data_dir, pattern))
+    data_dir = damaged_copy(source, tmp_path, pattern, damage)
     got = answers(data_dir)
     assert got != answers_before and got["count"] < answers_before["count"]  # fewer, never others
     before = {(doc_id, version) for doc_id, version, _vec in answers_before["rows"]}

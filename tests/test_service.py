@@ -43,7 +43,7 @@ ROUTES = {
     ("GET", "/v1/{codops}/collections/{name}"): ("describe", "Client.describe"),
     ("DELETE", "/v1/{codops}/collections/{name}"): ("drop_collection", "Client.drop_collection"),
     ("GET", "/v1/{codops}/collections/{name}/count"): ("count", "Client.count"),
-    ("GET", "/v1/{codops}/collections/{name}/export"): ("export", "transfer.export_lines"),
+    ("GET", "/v1/{codops}/collections/{name}/export"): ("export", "Collection.export_lines"),
     ("POST", "/v1/{codops}/collections/{name}/documents"): ("index", "Client.index"),
     ("GET", "/v1/{codops}/collections/{name}/documents"): ("get_documents", "Client.get_documents"),
     ("POST", "/v1/{codops}/collections/{name}/documents/delete"): ("delete_documents",
@@ -53,8 +53,8 @@ ROUTES = {
                                                          "Client.retrieve_similar"),
 }
 # What a route may call besides its one call: the existence test before a create, and the
-# collection handle an export reads.
-LOOKUPS = {"Client.has_collection", "Client.collection"}
+# collection handle an export reads, and the description a create answers with.
+LOOKUPS = {"Client.has_collection", "Client.collection", "Collection.describe"}
 
 
 def auth(code: str = "ltlrt") -> dict[str, str]:
@@ -179,7 +179,7 @@ def test_every_route_calls_one_library_function_of_its_name(app, http, monkeypat
 
     from fastapi.routing import APIRoute
 
-    from lookalike import Client, transfer
+    from lookalike import Client, Collection
 
     calls: list[str] = []
 
@@ -194,9 +194,9 @@ def test_every_route_calls_one_library_function_of_its_name(app, http, monkeypat
     for attr, function in inspect.getmembers(Client, inspect.isfunction):
         if not attr.startswith("_"):
             monkeypatch.setattr(Client, attr, spy(f"Client.{attr}", function))
-    for attr, function in inspect.getmembers(transfer, inspect.isfunction):
-        if function.__module__ == transfer.__name__ and not attr.startswith("_"):
-            monkeypatch.setattr(transfer, attr, spy(f"transfer.{attr}", function))
+    for attr, function in inspect.getmembers(Collection, inspect.isfunction):
+        if not attr.startswith("_"):
+            monkeypatch.setattr(Collection, attr, spy(f"Collection.{attr}", function))
     routes = {(method, route.path): route for route in app.routes if isinstance(route, APIRoute)
               for method in route.methods}
     assert set(routes) == set(ROUTES)
@@ -228,7 +228,7 @@ def test_every_route_calls_one_library_function_of_its_name(app, http, monkeypat
 
 
 def test_drop_count_and_export_routes(http, tmp_path):
-    from lookalike import Client, transfer
+    from lookalike import Client
 
     base = "/v1/ltlrt/collections/dropme"
     assert http.put(base, json=SCHEMA, headers=auth()).status_code == 201
@@ -248,9 +248,9 @@ def test_drop_count_and_export_routes(http, tmp_path):
     stream = tmp_path / "stream.jsonl"
     stream.write_text(exported.text)
     with Client(codops="ltlrt", data_dir=tmp_path / "other") as other:
-        collection, written = transfer.import_collection(other, stream)
+        collection, written = other.import_collection(stream)
         assert written == 6 and collection.count() == 6
-        transfer.export_collection(collection, tmp_path / "file.jsonl")
+        collection.export(tmp_path / "file.jsonl")
     assert (tmp_path / "file.jsonl").read_text().splitlines()[1:] == lines[1:]
 
     assert http.delete(base, headers=auth()).json() == {"dropped": True}

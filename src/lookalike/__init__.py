@@ -27,6 +27,7 @@ from .errors import (
     PermissionDeniedError,
     StorageError,
 )
+from .retrieval import SimilarRequest
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "PermissionDeniedError",
     "Secret",
     "Settings",
+    "SimilarRequest",
     "StorageError",
     "connect",
     "count",

@@ -14,6 +14,7 @@ from pymilvus import FieldSchema
 
 from .client import Client
 from .config import Settings
+from .retrieval import SimilarRequest
 
 _default: Client | None = None
 _lock = threading.Lock()
@@ -78,21 +79,14 @@ def get_documents(name: str, ids: Sequence[str], output_fields: Sequence[str] | 
 
 
 def retrieve_similar(
-    name: str,
-    ids: Sequence[str] | None = None,
-    vectors: Any = None,
-    texts: Sequence[str] | None = None,
-    filter_expr: str | None = None,
-    limit: int = 10,
-    exclude_ids: bool = False,
-    output_fields: Sequence[str] | None = None,
-    search_params: Mapping[str, Any] | None = None,
+    name: str, request: SimilarRequest | Mapping[str, Any] | None = None, **parameters: Any
 ) -> list[dict[str, Any]]:
-    """``[{'id': ..., 'distance': ...}]``, best first, for the mean of ``ids``, ``vectors`` or ``texts``."""
-    return default_client().retrieve_similar(
-        name, ids=ids, vectors=vectors, texts=texts, filter_expr=filter_expr, limit=limit,
-        exclude_ids=exclude_ids, output_fields=output_fields, search_params=search_params,
-    )
+    """``[{'id': ..., 'distance': ...}]``, best first, for the mean of ``ids``, ``vectors`` or ``texts``.
+
+    The parameters are :class:`lookalike.SimilarRequest`'s fields, as keywords (``ids=[...]``,
+    ``filter_expr=...``, ``limit=...``, ...) or as one request object.
+    """
+    return default_client().retrieve_similar(name, request, **parameters)
 
 
 def delete_documents(name: str, ids: Sequence[str] | None = None, filter_expr: str | None = None) -> int:

@@ -3,7 +3,7 @@
 Every command is a thin shell over one library call of the same name (the table is in
 docs/cli.md and tests/test_cli.py): commands on one collection call the :class:`Collection`
 method they are named after, the ``collections`` commands the :class:`Client` method
-``<verb>_collection(s)``, ``export`` and ``import`` :mod:`lookalike.transfer`. Options take the
+``<verb>_collection(s)``, ``export`` ``Collection.export`` and ``import`` ``Client.import_collection``. Options take the
 library's parameter names (``--filter-expr``, ``--output-fields``; the short ``--filter`` and
 ``--fields`` are aliases).
 
@@ -27,10 +27,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from . import fileio, transfer
+from . import fileio
 from .client import Client
 from .config import Secret, Settings, password_variable
 from .errors import LookalikeError
+from .retrieval import SimilarRequest
 from .schema import creation_options
 
 out = Console(soft_wrap=True)
@@ -350,10 +351,10 @@ def similar(
 ) -> None:
     """Print the documents most similar to ids, vectors or texts, best first."""
     vectors = fileio.read_vectors(vector_file) if vector_file is not None else None
-    hits = _client(ctx).collection(name).similar(
+    hits = _client(ctx).collection(name).similar(SimilarRequest(
         ids=id or None, vectors=vectors, texts=text or None, filter_expr=filter_expr,
         limit=limit, exclude_ids=exclude_ids, output_fields=_split(output_fields),
-        search_params=_search_params(ef, search_param or []))
+        search_params=_search_params(ef, search_param or [])))
     _print_documents(hits, as_json)
 
 
@@ -403,8 +404,7 @@ def export(
     """Write every document (vectors included) and the collection's schema to one file."""
     collection = _client(ctx).collection(name)
     with _Progress(f"exporting {name}") as on_batch:
-        written = transfer.export_collection(collection, file, format, batch_size=batch_size,
-                                             on_batch=on_batch)
+        written = collection.export(file, format, batch_size=batch_size, on_batch=on_batch)
     _report(as_json, {"exported": written, "file": str(file)},
             f"Exported {_documents(written)} of {name!r} to {file}.")
 
@@ -422,8 +422,8 @@ def import_(
 ) -> None:
     """Recreate a collection from an export: its schema and indexes, then its documents."""
     with _Progress(f"importing {file.name}") as on_batch:
-        _, written = transfer.import_collection(_client(ctx), file, name, format=format,
-                                                batch_size=batch_size, on_batch=on_batch)
+        _, written = _client(ctx).import_collection(file, name, format=format, batch_size=batch_size,
+                                                    on_batch=on_batch)
     _report(as_json, {"imported": written, "collection": name},
             f"Imported {_documents(written)} into {name!r}.")
 
@@ -634,7 +634,7 @@ def _counted(batches: Iterable[list[dict]], on_batch: Any) -> Iterator[dict]:
 class _Progress:
     """A progress bar on stderr when it is a terminal; a no-op otherwise.
 
-    Entering gives ``on_batch(done, total=None)``, the callback the transfer functions take.
+    Entering gives ``on_batch(done, total=None)``, the callback export and import take.
     """
 
     def __init__(self, description: str, total: int | None = None) -> None:

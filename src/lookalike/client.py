@@ -9,10 +9,12 @@ from typing import Any
 
 from pymilvus import FieldSchema
 
+from . import transfer
 from .collection import Collection, check_embedder
 from .config import Settings
 from .engines import open_engine
 from .errors import ConflictError, InvalidInputError, NotFoundError
+from .retrieval import SimilarRequest
 from .schema import DEFAULT_DIM, CollectionSpec, build_spec, validate_name
 
 
@@ -132,6 +134,19 @@ class Client:
             self._collections.pop(name, None)
             return self.engine.drop_collection(name)
 
+    def import_collection(self, path: str | Path, name: str | None = None, **options: Any) -> tuple[Collection, int]:
+        """Recreate a collection from a file :meth:`Collection.export` wrote: schema, indexes, documents.
+
+        Args:
+            path: the export (JSON Lines or Parquet, with its schema header).
+            name: the collection to create or fill (default: the exported name).
+            options: ``format``, ``batch_size``, ``on_batch`` (see :func:`lookalike.transfer.import_collection`).
+
+        Returns:
+            The collection and how many documents were written.
+        """
+        return transfer.import_collection(self, path, name, **options)
+
     # -- name-first conveniences (the module functions call these) --------------------------
 
     def index(self, name: str, documents: Iterable[Mapping[str, Any]], **options: Any) -> int:
@@ -142,8 +157,11 @@ class Client:
     ) -> list[dict[str, Any]]:
         return self.collection(name).get(ids, output_fields)  # type: ignore[arg-type]
 
-    def retrieve_similar(self, name: str, **query: Any) -> list[dict[str, Any]]:
-        return self.collection(name).similar(**query)
+    def retrieve_similar(
+        self, name: str, request: SimilarRequest | Mapping[str, Any] | None = None, **parameters: Any
+    ) -> list[dict[str, Any]]:
+        """:meth:`Collection.similar` of the collection ``name``."""
+        return self.collection(name).similar(request, **parameters)
 
     def delete_documents(self, name: str, ids: Iterable[str] | None = None, filter_expr: str | None = None) -> int:
         return self.collection(name).delete(ids, filter_expr)  # type: ignore[arg-type]

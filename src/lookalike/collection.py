@@ -10,9 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import transfer
 from .documents import DocumentWriter, check_ids, id_filter
 from .errors import ConflictError, InvalidInputError
-from .retrieval import SimilarQuery, as_query_vectors, check_limit, check_output_fields, combine_filters
+from .retrieval import (
+    SimilarQuery,
+    SimilarRequest,
+    as_query_vectors,
+    check_limit,
+    check_output_fields,
+    combine_filters,
+    mean_vector,
+)
 from .schema import ID_FIELD, VECTOR_FIELD, CollectionSpec
 
 if TYPE_CHECKING:
@@ -142,23 +151,21 @@ class Collection:
         return {doc[ID_FIELD] for doc in self.get(ids, [ID_FIELD])}
 
     def similar(
-        self,
-        ids: Sequence[str] | None = None,
-        vectors: Any = None,
-        texts: Sequence[str] | None = None,
-        filter_expr: str | None = None,
-        limit: int = 10,
-        exclude_ids: bool = False,
-        output_fields: Sequence[str] | None = None,
-        search_params: Mapping[str, Any] | None = None,
+        self, request: SimilarRequest | Mapping[str, Any] | None = None, **parameters: Any
     ) -> list[dict[str, Any]]:
         """Items most similar to some stored ids, vectors or texts (several: their mean), best first.
 
-        Returns ``[{'id': ..., 'distance': ...}, ...]``; ``distance`` is the engine's score: a
-        similarity for IP and COSINE (higher is closer), a distance for L2 (lower is closer).
-        The query ids are included unless ``exclude_ids=True``.
+        Args:
+            request: a :class:`SimilarRequest` (or a dict of its fields); or give its fields as
+                keywords: ``ids``, ``vectors`` or ``texts``, ``filter_expr``, ``limit``,
+                ``exclude_ids``, ``output_fields``, ``search_params``.
+
+        Returns:
+            ``[{'id': ..., 'distance': ...}, ...]``; ``distance`` is the engine's score: a
+            similarity for IP and COSINE (higher is closer), a distance for L2 (lower is closer).
+            The query ids are included unless ``exclude_ids=True``.
         """
-        return SimilarQuery(self)(ids, vectors, texts, filter_expr, limit, exclude_ids, output_fields, search_params)
+        return SimilarQuery(self)(SimilarRequest.of(request, **parameters))
 
     def similar_batch(
         self,
@@ -172,10 +179,7 @@ class Collection:
         query = SimilarQuery(self)
         matrix = as_query_vectors(vectors, self.spec)
         if self.spec.metric != "L2":
-            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise InvalidInputError("vectors: a query vector is all zeros")
-            matrix = matrix / norms
+            matrix = np.stack([mean_vector(row[None, :], self.spec) for row in matrix])
         fields = check_output_fields(self.spec, output_fields)
         return query.search(list(matrix), filter_expr or "", check_limit(limit), fields, search_params, filter_expr)
 
@@ -190,6 +194,23 @@ class Collection:
         for batch in self.engine.iterate(self.name, batch_size, fields):
             for row in batch:
                 yield _plain(row, fields)
+
+    def export(self, path: str | Path, format: str | None = None, **options: Any) -> int:
+        """Write every document and the schema to one self-describing file (JSON Lines or Parquet).
+
+        Args:
+            path: the file to write (``.jsonl`` or ``.parquet``); written whole or not at all.
+            format: ``"jsonl"`` or ``"parquet"`` (default: from the suffix).
+            options: ``batch_size``, ``on_batch`` (see :func:`lookalike.transfer.export_collection`).
+
+        Returns:
+            How many documents were written.
+        """
+        return transfer.export_collection(self, path, format, **options)
+
+    def export_lines(self, batch_size: int = 1000) -> Iterator[str]:
+        """The JSON Lines text :meth:`export` writes, line by line (the schema header first)."""
+        return transfer.export_lines(self, batch_size=batch_size)
 
     def describe(self) -> dict[str, Any]:
         """The collection's spec (as JSON), its engine and its document count."""

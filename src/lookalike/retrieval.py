@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +175,59 @@ def check_search_params(spec: CollectionSpec, search_params: Any) -> dict[str, i
     return params
 
 
+@dataclasses.dataclass(frozen=True)
+class SimilarRequest:
+    """Every parameter of ``retrieve_similar``: the one type that carries a query from the Python
+    calls, the CLI and the HTTP service to :class:`SimilarQuery`, which checks it.
+
+    Adding a query parameter is one field here and its check and use in ``SimilarQuery``.
+
+    Attributes:
+        ids: stored ids; several are averaged into one query.
+        vectors: one vector or several (averaged).
+        texts: texts embedded with the collection's model (several: averaged).
+        filter_expr: a Milvus boolean expression the hits must match.
+        limit: how many hits, in [1, 16384].
+        exclude_ids: leave the query's own ids out of the hits.
+        output_fields: metadata fields returned with each hit.
+        search_params: the index's search parameters, e.g. ``{"ef": 128}`` for HNSW.
+    """
+
+    ids: Sequence[str] | None = None
+    vectors: Any = None
+    texts: Sequence[str] | None = None
+    filter_expr: str | None = None
+    limit: int = 10
+    exclude_ids: bool = False
+    output_fields: Sequence[str] | None = None
+    search_params: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of(cls, request: SimilarRequest | Mapping[str, Any] | None = None, **parameters: Any) -> SimilarRequest:
+        """A request from a ``SimilarRequest``, a dict of parameters, or keyword parameters.
+
+        Raises:
+            InvalidInputError: a parameter ``retrieve_similar`` does not take, or a request given
+                both whole and as keywords.
+        """
+        if isinstance(request, SimilarRequest):
+            if parameters:
+                raise InvalidInputError(
+                    f"pass a SimilarRequest or keyword parameters, not both (got {', '.join(sorted(parameters))})"
+                )
+            return request
+        if request is not None and not isinstance(request, Mapping):
+            raise InvalidInputError(f"a similarity request must be a SimilarRequest or a dict, not {shown(request)}")
+        values = {**(request or {}), **parameters}
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InvalidInputError(
+                f"retrieve_similar has no parameter {', '.join(map(repr, unknown))} (it takes {', '.join(known)})"
+            )
+        return cls(**values)
+
+
 class SimilarQuery:
     """Resolves the query of ``retrieve_similar`` and runs it on one collection."""
 
@@ -181,39 +235,41 @@ class SimilarQuery:
         self.collection = collection
         self.spec = collection.spec
 
-    def __call__(
-        self,
-        ids: Sequence[str] | None = None,
-        vectors: Any = None,
-        texts: Sequence[str] | None = None,
-        filter_expr: str | None = None,
-        limit: int = 10,
-        exclude_ids: bool = False,
-        output_fields: Sequence[str] | None = None,
-        search_params: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        given = [name for name, value in (("ids", ids), ("vectors", vectors), ("texts", texts)) if value is not None]
+    def __call__(self, request: SimilarRequest) -> list[dict[str, Any]]:
+        """The hits of ``request``, best first.
+
+        Args:
+            request: the query's parameters (checked here, each error naming its parameter).
+
+        Returns:
+            ``[{'id', 'distance', <output fields>...}]``, best first.
+        """
+        given = [name for name in ("ids", "vectors", "texts") if getattr(request, name) is not None]
         if len(given) != 1:
             raise InvalidInputError(
                 "retrieve_similar needs exactly one of ids, vectors or texts"
                 + (f" (got {' and '.join(given)})" if given else "")
             )
-        limit = check_limit(limit)
-        filter_expr = check_filter(filter_expr)
-        fields = check_output_fields(self.spec, output_fields)
+        limit = check_limit(request.limit)
+        filter_expr = check_filter(request.filter_expr)
+        fields = check_output_fields(self.spec, request.output_fields)
+        if not isinstance(request.exclude_ids, bool):
+            raise InvalidInputError(f"exclude_ids must be true or false, not {shown(request.exclude_ids)}")
         query_ids: list[str] = []
-        if ids is not None:
-            query_ids = check_ids(ids)
+        if request.ids is not None:
+            query_ids = check_ids(request.ids)
             if not query_ids:
                 raise InvalidInputError("ids is empty")
             matrix = self.stored_vectors(query_ids)
-        elif texts is not None:
-            matrix = self.collection.embed_query(texts)
+        elif request.texts is not None:
+            matrix = self.collection.embed_query(request.texts)
         else:
-            matrix = as_query_vectors(vectors, self.spec)
+            matrix = as_query_vectors(request.vectors, self.spec)
         query = mean_vector(matrix, self.spec)
-        expr = combine_filters(filter_expr, id_filter(query_ids, negate=True) if exclude_ids and query_ids else None)
-        return self.search([query], expr, limit, fields, search_params, filter_expr, averaged=len(matrix) > 1)[0]
+        excluded = id_filter(query_ids, negate=True) if request.exclude_ids and query_ids else None
+        expr = combine_filters(filter_expr, excluded)
+        return self.search([query], expr, limit, fields, request.search_params, filter_expr,
+                           averaged=len(matrix) > 1)[0]
 
     def stored_vectors(self, ids: list[str]) -> np.ndarray:
         """The vectors of ``ids``, in their order; NotFoundError names the ones not stored."""

@@ -19,6 +19,7 @@ Thread safety is the server's: each call is one request.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -201,17 +202,21 @@ class ServerEngine(Engine):
         return int(rows[0]["count(*)"])
 
     def iterate(self, name: str, batch_size: int, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
-        with self._errors(f"read {name!r}"):
-            iterator = self.milvus.query_iterator(name, batch_size=batch_size, output_fields=fields)
-        try:
-            while True:
-                with self._errors(f"read {name!r}"):
-                    batch = iterator.next()
-                if not batch:
-                    return
-                yield batch
-        finally:
-            iterator.close()
+        # Pages of the smallest keys after the last one seen, as pymilvus's query_iterator asks
+        # for them, but with that key written as an escaped literal: the iterator pastes it in
+        # raw, so an id with a quote breaks an export and one like `b" or id != "` never ends.
+        wanted = fields if ID_FIELD in fields else [ID_FIELD, *fields]
+        last: str | None = None
+        while True:
+            after = f"{ID_FIELD} > {json.dumps(last, ensure_ascii=False)}" if last is not None else f'{ID_FIELD} >= ""'
+            batch = self._read(f"read {name!r}", self.milvus.query, name, filter=after, limit=batch_size,
+                               output_fields=wanted, **self._read_options(name))
+            if not batch:
+                return
+            # Milvus compares strings byte by byte, which is the code point order Python sorts in.
+            batch.sort(key=lambda row: row[ID_FIELD])
+            yield batch
+            last = batch[-1][ID_FIELD]
 
     def wait_for_index(self, name: str) -> None:
         # The server reports the rows its index builders have not reached yet; give up waiting

@@ -18,12 +18,12 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Path, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .. import __version__, transfer
+from .. import __version__
 from ..client import Client
 from ..config import Settings
 from ..embedding import registered_embedder
 from ..errors import LookalikeError
-from ..retrieval import check_limit
+from ..retrieval import SimilarRequest, check_limit
 from ..schema import creation_options
 from .errors import declared, error_response, install_error_handlers
 from .limits import BodyLimit, max_body_from, max_limit_from
@@ -191,7 +191,7 @@ def create_app(
     def export(client: Org, name: Name) -> Response:
         """Every document and the collection's spec, streamed as JSON Lines (import it with
         ``lookalike import``)."""
-        lines = transfer.export_lines(client.collection(name))  # the header is read here
+        lines = client.collection(name).export_lines()  # the header is read here
         return JSONLines(lines, headers={
             "Content-Disposition": f'attachment; filename="{name}.jsonl"'})
 
@@ -231,11 +231,7 @@ def create_app(
               response_model=list[Hit], responses=declared(400, *_ANY, 413))
     def retrieve_similar(client: Org, name: Name, query: RetrieveSimilarRequest) -> Response:
         """The documents most similar to ids, vectors or texts, best first."""
-        return _JSON(client.retrieve_similar(
-            name, ids=query.ids, vectors=query.vectors, texts=query.texts,
-            filter_expr=one_filter(query.filter_expr, query.filter),
-            limit=check_limit(query.limit, max_limit), exclude_ids=query.exclude_ids,
-            output_fields=query.output_fields, search_params=query.search_params))
+        return _JSON(client.retrieve_similar(name, query.to_request(max_limit)))
 
     @app.get(COLLECTION + "/similar", tags=["similar"], operation_id="retrieve_similar_by_ids",
              response_model=list[Hit], responses=_READ)
@@ -251,9 +247,9 @@ def create_app(
         output_fields: Fields = None,
     ) -> Response:
         """``retrieve_similar`` by stored ids, in a URL: the documents most similar to ``ids``."""
-        return _JSON(client.retrieve_similar(
-            name, ids=ids, filter_expr=one_filter(filter_expr, filter),
+        return _JSON(client.retrieve_similar(name, SimilarRequest(
+            ids=ids, filter_expr=one_filter(filter_expr, filter),
             limit=check_limit(limit, max_limit), exclude_ids=exclude_ids,
-            output_fields=output_fields))
+            output_fields=output_fields)))
 
     return app

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidInputError
+from ..retrieval import SimilarRequest, check_limit
 from ..schema import FIELD_TYPES, MAX_DIM
 
 FILTER_DESCRIPTION = ('a Milvus boolean expression over metadata fields, e.g. '
@@ -90,6 +91,13 @@ class RetrieveSimilarRequest(BaseModel):
     output_fields: list[str] | None = Field(None, description="metadata fields to return with each hit")
     search_params: dict[str, Any] | None = Field(
         None, description='engine search parameters for the collection\'s index, e.g. {"ef": 128} for HNSW')
+
+    def to_request(self, max_limit: int) -> SimilarRequest:
+        """The library's request: every field but the ``filter`` alias, the limit held to the service's maximum."""
+        fields = self.model_dump(exclude={"filter"})
+        fields["filter_expr"] = one_filter(self.filter_expr, self.filter)
+        fields["limit"] = check_limit(self.limit, max_limit)
+        return SimilarRequest(**fields)
 
 
 class IndexRequest(BaseModel):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -48,6 +49,11 @@ from . import patches
 from .direct import engine_rows, json_decoder, write_columns, writes_columns
 
 T = TypeVar("T")
+
+# The engine logs its background failures with a traceback; with no logging configured, Python
+# would print them on the user's stderr. They reach the application's handlers if it has any, and
+# the failures a caller must know of reach it as lookalike errors.
+logging.getLogger("milvus_lite").addHandler(logging.NullHandler())
 
 # Milvus Lite keeps its data in a directory that pymilvus named like a file: keep the name, so
 # data written through pymilvus opens here.
