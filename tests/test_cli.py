@@ -260,6 +260,145 @@ def test_similar_passes_ef_and_search_params_through(run, tmp_path, library_call
     assert twice.exit_code == 2 and "give ef once" in twice.stderr
 
 
+# -- recommendations (issue 14): every parameter of Collection.similar has its option -----------
+
+def _recs(run, tmp_path, name: str) -> list[dict]:
+    """A collection of 40 documents (three languages, years 2000..2039) for the options below."""
+    _create(run, name)
+    docs = _docs(40, seed=5)
+    ok(run("index", name, str(_jsonl(tmp_path / f"{name}.jsonl", docs))))
+    return docs
+
+
+def _request(library_calls) -> SimilarRequest:
+    """The one request the CLI handed Collection.similar."""
+    [(args, kwargs)] = [(a, k) for name, a, k in library_calls if name == "Collection.similar"]
+    return SimilarRequest.of(*args[1:], **kwargs)
+
+
+def test_similar_passes_every_recommendation_option_through(run, tmp_path, library_calls):
+    _recs(run, tmp_path, "rec_options")
+    seen = tmp_path / "seen.txt"
+    seen.write_text("d7\n\nd8\n")
+    cases = [
+        (["--id", "d1", "--id", "d2", "--negative-id", "d3", "--strategy", "average_vector",
+          "--weights", "1,0.5", "--exclude-id", "d5", "--exclude-ids-file", str(seen),
+          "--group-by", "language", "--group-size", "2", "--offset", "1", "--explain"],
+         {"ids": ["d1", "d2"], "negative_ids": ["d3"], "strategy": "average_vector",
+          "weights": [1.0, 0.5], "exclude_ids": ["d5", "d7", "d8"], "group_by": "language",
+          "group_size": 2, "offset": 1, "explain": True}),
+        (["--id", "d1", "--negative-id", "d3", "--strategy", "best_score", "--exclude-ids",
+          "--diversity", "0.3", "--candidates", "30", "--min-score", "-0.5",
+          "--recency-field", "year", "--recency-scale", "10", "--recency-decay", "0.25",
+          "--recency-function", "gauss", "--recency-origin", "2030", "--recency-offset", "2"],
+         {"ids": ["d1"], "negative_ids": ["d3"], "strategy": "best_score", "exclude_ids": True,
+          "diversity": 0.3, "candidates": 30, "min_score": -0.5,
+          "recency": {"field": "year", "scale": 10.0, "decay": 0.25, "function": "gauss",
+                      "origin": 2030.0, "offset": 2.0}}),
+        # the flag with a list: the list, and the query's own ids
+        (["--id", "d1", "--negative-id", "d3", "--exclude-ids", "--exclude-id", "d9"],
+         {"ids": ["d1"], "negative_ids": ["d3"], "exclude_ids": ["d1", "d3", "d9"]}),
+        (["--id", "d1"], {"ids": ["d1"]}),  # nothing given: the library's defaults
+    ]
+    for options, expected in cases:
+        library_calls.clear()
+        result = run("similar", "rec_options", *options, "--json")
+        request = _request(library_calls)
+        assert request == SimilarRequest(**expected), options
+        ok(result)
+
+
+def test_exclusion_lists_groups_offset_and_explain_give_their_results(run, tmp_path):
+    _recs(run, tmp_path, "rec_results")
+
+    def similar(*options: str) -> list[dict]:
+        return json.loads(ok(run("similar", "rec_results", "--id", "d1", *options, "--json")))
+
+    plain = similar("--limit", "12", "--fields", "language")
+    left_out = [plain[1]["id"], plain[3]["id"]]
+    excluded = similar("--limit", "10", "--exclude-id", left_out[0], "--exclude-id", left_out[1])
+    assert [h["id"] for h in excluded] == [h["id"] for h in plain if h["id"] not in left_out][:10]
+    # a page is the slice of the longer list
+    assert [h["id"] for h in similar("--limit", "4", "--offset", "3")] == [
+        h["id"] for h in plain[3:7]]
+    grouped = similar("--group-by", "language", "--limit", "3", "--fields", "language")
+    assert sorted(h["language"] for h in grouped) == ["de", "en", "fr"]
+    firsts = list(dict.fromkeys(h["language"] for h in plain))
+    assert [h["language"] for h in grouped] == firsts  # groups in the order of their best hit
+    explained = similar("--limit", "3", "--explain")
+    assert all(isinstance(h["explain"], dict) and h["explain"] for h in explained)
+    table = ok(run("similar", "rec_results", "--id", "d1", "--limit", "2", "--explain"))
+    assert "explain" in table.splitlines()[1]
+
+
+def test_similar_batch_gives_what_each_single_call_gives(run, tmp_path):
+    _recs(run, tmp_path, "rec_batch")
+    requests = [
+        {"ids": ["d1"], "limit": 5, "exclude_ids": True},
+        {"ids": ["d2", "d4"], "negative_ids": ["d6"], "limit": 3, "output_fields": ["year"]},
+        {"ids": ["d3"], "group_by": "language", "limit": 3, "explain": True},
+        {"ids": ["d1"], "exclude_ids": ["d2", "d3"], "offset": 2, "limit": 4},
+    ]
+    singles = [
+        ["--id", "d1", "--limit", "5", "--exclude-ids"],
+        ["--id", "d2", "--id", "d4", "--negative-id", "d6", "--limit", "3", "--fields", "year"],
+        ["--id", "d3", "--group-by", "language", "--limit", "3", "--explain"],
+        ["--id", "d1", "--exclude-id", "d2", "--exclude-id", "d3", "--offset", "2", "--limit", "4"],
+    ]
+    path = _jsonl(tmp_path / "requests.jsonl", requests)
+    lines = ok(run("similar-batch", "rec_batch", str(path), "--json")).splitlines()
+    assert len(lines) == len(requests)
+    for line, options in zip(lines, singles, strict=True):
+        assert json.loads(line) == json.loads(ok(run("similar", "rec_batch", *options, "--json")))
+    # from stdin, and as tables for people
+    piped = ok(run("similar-batch", "rec_batch", "-", "--json", input=path.read_text()))
+    assert piped.splitlines() == lines
+    tables = ok(run("similar-batch", "rec_batch", str(path)))
+    assert "Request 4:" in tables and tables.count("distance") == 4
+
+
+@pytest.mark.parametrize("options,parameter", [
+    (["--diversity", "1.5"], "diversity"),
+    (["--group-by", "language", "--group-size", "0"], "group_size"),
+    (["--group-by", "no_such_field"], "group_by"),
+    (["--strategy", "nearest"], "strategy"),
+    (["--offset", "-1"], "offset"),
+    (["--offset", "16384"], "offset"),
+    (["--weights", "1,-1", "--id", "d2"], "weights"),
+    (["--weights", "1,1"], "weights"),  # two weights for one id
+    (["--candidates", "2", "--limit", "5"], "candidates"),
+    (["--recency-field", "language", "--recency-scale", "1"], "recency"),
+    (["--recency-field", "year", "--recency-scale", "1", "--recency-function", "cubic"], "recency"),
+])
+def test_bad_recommendation_values_exit_1_naming_the_parameter(run, tmp_path, options, parameter):
+    if "bad_recs" not in json.loads(ok(run("collections", "list", "--json"))):
+        _recs(run, tmp_path, "bad_recs")
+    result = run("similar", "bad_recs", "--id", "d1", *options)
+    assert result.exit_code == 1, (options, result.stdout, result.stderr)
+    assert parameter in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_similar_batch_refuses_bad_lines_and_bad_requests(run, tmp_path):
+    _recs(run, tmp_path, "rec_bad_batch")
+    not_json = tmp_path / "broken.jsonl"
+    not_json.write_text('{"ids": ["d1"]}\n{"ids": [\n')
+    result = run("similar-batch", "rec_bad_batch", str(not_json))
+    assert result.exit_code == 1 and "line 2" in result.stderr
+    not_object = tmp_path / "list.jsonl"
+    not_object.write_text('["d1"]\n')
+    assert "line 1" in run("similar-batch", "rec_bad_batch", str(not_object)).stderr
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"ids": ["d1"]}, {"ids": ["d1"], "diversity": 3}])
+    refused = run("similar-batch", "rec_bad_batch", str(bad))
+    assert refused.exit_code == 1 and "diversity" in refused.stderr
+    unknown = _jsonl(tmp_path / "unknown.jsonl", [{"ids": ["d1"], "limt": 3}])
+    assert "limt" in run("similar-batch", "rec_bad_batch", str(unknown)).stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert "holds no request" in run("similar-batch", "rec_bad_batch", str(empty)).stderr
+    assert run("similar", "rec_bad_batch", "--id", "d1", "--weights", "a,b").exit_code == 2
+
+
 def test_flags_are_shown_as_flags_and_usage_lines_name_the_arguments(run):
     for path, command in _commands():
         help_text = ok(run(*path, "--help"))
@@ -362,6 +501,7 @@ LIBRARY_CALLS = {
     ("index",): "Collection.index",
     ("get",): "Collection.get",
     ("similar",): "Collection.similar",
+    ("similar-batch",): "Collection.similar_batch",
     ("delete",): "Collection.delete",
     ("count",): "Collection.count",
     ("export",): "Collection.export",
@@ -412,6 +552,7 @@ def test_every_command_calls_one_library_function_of_its_name(run, tmp_path, lib
         ("index", "mapped", str(docs)),
         ("get", "mapped", "d1", "d2"),
         ("similar", "mapped", "--id", "d1", "--ef", "80"),
+        ("similar-batch", "mapped", str(_jsonl(tmp_path / "requests.jsonl", [{"ids": ["d1"]}]))),
         ("delete", "mapped", "--id", "d0"),
         ("count", "mapped", "--filter-expr", "year > 2001"),
         ("export", "mapped", str(export)),
@@ -437,7 +578,7 @@ def test_every_command_calls_one_library_function_of_its_name(run, tmp_path, lib
 
 def test_docs_cli_md_shows_the_command_to_library_table():
     docs = DOCS_CLI.read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `lookalike ([a-z ]+)` \| `([A-Za-z_.]+)` \|", docs, flags=re.M)
+    rows = re.findall(r"^\| `lookalike ([a-z -]+)` \| `([A-Za-z_.]+)` \|", docs, flags=re.M)
     assert {tuple(command.split()): call for command, call in rows} == LIBRARY_CALLS
 
 

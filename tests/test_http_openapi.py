@@ -36,7 +36,7 @@ SCHEMA = {
 OPERATIONS = {
     "health", "ready", "list_collections", "create_collection", "describe", "drop_collection",
     "count", "export", "index", "get_documents", "delete_documents", "retrieve_similar",
-    "retrieve_similar_by_ids",
+    "retrieve_similar_by_ids", "retrieve_similar_batch",
 }
 
 
@@ -137,7 +137,8 @@ def _call_through_generated_client(url: str) -> None:
                               "collections": ["create_collection", "describe", "list_collections",
                                               "count", "export", "drop_collection"],
                               "documents": ["index", "get_documents", "delete_documents"],
-                              "similar": ["retrieve_similar", "retrieve_similar_by_ids"]}.items()
+                              "similar": ["retrieve_similar", "retrieve_similar_by_ids",
+                                          "retrieve_similar_batch"]}.items()
            for name in names}
     models = importlib.import_module("lookalike_http_client.models")
     client = gen.AuthenticatedClient(base_url=url, token=TOKENS["ltlrt"], raise_on_unexpected_status=True)
@@ -161,6 +162,21 @@ def _call_through_generated_client(url: str) -> None:
     assert hits[0].id == "g2" and hits[0].additional_properties == {"year": 2} and len(hits) == 2
     by_ids = api["retrieve_similar_by_ids"].sync(ids=["g1"], limit=1, **org)
     assert [h.id for h in by_ids] == ["g1"]
+    # the recommendation parameters, typed: an exclusion list, groups, recency, explain
+    recommend = models.RetrieveSimilarRequest(
+        ids=["g1", "g2"], negative_ids=["g3"], exclude_ids=["g1"], group_by="language", limit=2,
+        offset=0, diversity=0.0, min_score=-1.0, explain=True, output_fields=["year"],
+        recency=models.Recency(field="year", scale=10.0, origin=3.0))
+    recommended = api["retrieve_similar"].sync(body=recommend, **org)
+    # the query 2·mean(g1, g2) − g3 is nearest g1 and g2; g1 is excluded; one group (all French)
+    assert [h.id for h in recommended] == ["g2"]
+    assert recommended[0].explain is not None and recommended[0].explain.additional_properties
+    paged = api["retrieve_similar_by_ids"].sync(ids=["g1"], limit=1, offset=1, explain=True, **org)
+    assert len(paged) == 1 and paged[0].id != "g1"
+    batch = api["retrieve_similar_batch"].sync(body=models.RetrieveSimilarBatchRequest(
+        requests=[query, recommend]), **org)
+    assert [[h.id for h in answer] for answer in batch] == [[h.id for h in hits],
+                                                            [h.id for h in recommended]]
     assert api["count"].sync(filter_expr="year >= 2", **org).count == 2
     assert api["describe"].sync(**org).count == 4
     lines = api["export"].sync(**org).splitlines()

@@ -49,6 +49,8 @@ ROUTES = {
     ("POST", "/v1/{codops}/collections/{name}/documents/delete"): ("delete_documents",
                                                                     "Client.delete_documents"),
     ("POST", "/v1/{codops}/collections/{name}/similar"): ("retrieve_similar", "Client.retrieve_similar"),
+    ("POST", "/v1/{codops}/collections/{name}/similar/batch"): ("retrieve_similar_batch",
+                                                                "Client.retrieve_similar_batch"),
     ("GET", "/v1/{codops}/collections/{name}/similar"): ("retrieve_similar_by_ids",
                                                          "Client.retrieve_similar"),
 }
@@ -155,6 +157,155 @@ def test_similar_get_and_post(http):
     assert by_ids == hits
 
 
+# -- recommendations (issue 14): the parameters of retrieve_similar, in the body and the URL -----
+
+SIMILAR = "/v1/ltlrt/collections/articles/similar"
+
+
+@pytest.fixture
+def similar_requests(monkeypatch):
+    """The SimilarRequests the routes hand the library (Client.retrieve_similar and _batch)."""
+    from lookalike import Client, SimilarRequest
+
+    seen: list[SimilarRequest] = []
+    single, batch = Client.retrieve_similar, Client.retrieve_similar_batch
+
+    def retrieve_similar(self, name, request=None, **parameters):
+        seen.append(SimilarRequest.of(request, **parameters))
+        return single(self, name, request, **parameters)
+
+    def retrieve_similar_batch(self, name, requests):
+        seen.extend(SimilarRequest.of(r) for r in requests)
+        return batch(self, name, requests)
+
+    monkeypatch.setattr(Client, "retrieve_similar", retrieve_similar)
+    monkeypatch.setattr(Client, "retrieve_similar_batch", retrieve_similar_batch)
+    return seen
+
+
+RECOMMENDATION_BODIES = [
+    ({"ids": ["d1", "d2"], "negative_ids": ["d3"], "strategy": "average_vector",
+      "weights": [1, 0.5], "exclude_ids": ["d5", "d7"], "group_by": "language", "group_size": 2,
+      "offset": 1, "explain": True, "limit": 3},
+     {"ids": ["d1", "d2"], "negative_ids": ["d3"], "strategy": "average_vector",
+      "weights": [1.0, 0.5], "exclude_ids": ["d5", "d7"], "group_by": "language",
+      "group_size": 2, "offset": 1, "explain": True, "limit": 3}),
+    ({"ids": ["d1"], "negative_ids": ["d3"], "strategy": "best_score", "exclude_ids": True,
+      "diversity": 0.3, "candidates": 30, "min_score": -0.5,
+      "recency": {"field": "year", "scale": 10, "decay": 0.25, "function": "gauss",
+                  "origin": 2030, "offset": 2}},
+     {"ids": ["d1"], "negative_ids": ["d3"], "strategy": "best_score", "exclude_ids": True,
+      "diversity": 0.3, "candidates": 30, "min_score": -0.5,
+      "recency": {"field": "year", "scale": 10, "decay": 0.25, "function": "gauss",
+                  "origin": 2030, "offset": 2}}),
+    # recency with only its required keys: the library's defaults for the others
+    ({"vectors": [1, 0, 0, 0], "recency": {"field": "year", "scale": 5}},
+     {"vectors": [1.0, 0.0, 0.0, 0.0], "recency": {"field": "year", "scale": 5}}),
+    ({"ids": ["d1"]}, {"ids": ["d1"]}),  # nothing given: the library's defaults
+]
+
+
+@pytest.mark.parametrize("body,expected", RECOMMENDATION_BODIES)
+def test_the_body_passes_every_recommendation_parameter_through(http, similar_requests, body,
+                                                                 expected):
+    from lookalike import SimilarRequest
+
+    response = http.post(SIMILAR, json=body, headers=auth())
+    assert similar_requests == [SimilarRequest(**expected)]
+    assert response.status_code == 200, response.text
+    assert all(isinstance(hit.get("explain"), dict) == bool(body.get("explain"))
+               for hit in response.json())
+
+
+def test_the_url_passes_the_scalar_recommendation_parameters_through(http, similar_requests):
+    from lookalike import SimilarRequest
+
+    params = {"ids": ["d1", "d2"], "negative_ids": ["d3"], "strategy": "average_vector",
+              "weights": [1, 0.5], "offset": 1, "group_by": "language", "group_size": 2,
+              "diversity": 0.2, "candidates": 30, "min_score": -0.9, "explain": "true",
+              "exclude_ids": "true", "limit": 3}
+    response = http.get(SIMILAR, params=params, headers=auth())
+    assert similar_requests == [SimilarRequest(
+        ids=["d1", "d2"], negative_ids=["d3"], strategy="average_vector", weights=[1.0, 0.5],
+        offset=1, group_by="language", group_size=2, diversity=0.2, candidates=30,
+        min_score=-0.9, explain=True, exclude_ids=True, limit=3)]
+    assert response.status_code == 200, response.text
+    hits = response.json()
+    assert hits and all(h["id"] not in ("d1", "d2", "d3") and h["explain"] for h in hits)
+    # the same query in a body gives the same answer
+    body = {**params, "explain": True, "exclude_ids": True}
+    assert http.post(SIMILAR, json=body, headers=auth()).json() == hits
+
+
+def test_exclusion_lists_groups_and_paging_over_http(http):
+    def similar(**body):
+        response = http.post(SIMILAR, json={"ids": ["d1"], **body}, headers=auth())
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    plain = similar(limit=12, output_fields=["language"])
+    left_out = [plain[0]["id"], plain[2]["id"]]
+    assert [h["id"] for h in similar(limit=5, exclude_ids=left_out)] == [
+        h["id"] for h in plain if h["id"] not in left_out][:5]
+    assert [h["id"] for h in similar(limit=4, offset=3)] == [h["id"] for h in plain[3:7]]
+    grouped = similar(limit=3, group_by="language", output_fields=["language"])
+    assert [h["language"] for h in grouped] == list(dict.fromkeys(h["language"] for h in plain))
+
+
+def test_the_batch_answers_what_each_single_call_answers(http, similar_requests):
+    requests = [
+        {"ids": ["d1"], "limit": 5, "exclude_ids": True},
+        {"ids": ["d2", "d4"], "negative_ids": ["d6"], "limit": 3, "output_fields": ["year"]},
+        {"ids": ["d3"], "group_by": "language", "limit": 3, "explain": True},
+        {"vectors": [0.5, 0.5, 0, 0], "exclude_ids": ["d2", "d3"], "offset": 2, "limit": 4},
+        {"ids": ["d1"], "recency": {"field": "year", "scale": 10, "origin": 2030}, "limit": 3},
+    ]
+    response = http.post(SIMILAR + "/batch", json={"requests": requests}, headers=auth())
+    assert response.status_code == 200, response.text
+    batched = response.json()
+    assert len(batched) == len(requests) == len(similar_requests)
+    singles = [http.post(SIMILAR, json=r, headers=auth()).json() for r in requests]
+    assert batched == singles
+    assert similar_requests[:len(requests)] == similar_requests[len(requests):]
+    empty = http.post(SIMILAR + "/batch", json={"requests": []}, headers=auth())
+    assert empty.status_code == 422 and "requests" in empty.json()["detail"]
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ({"requests": [{"ids": ["d1"]}, {"ids": ["d1"], "limit": MAX_LIMIT + 1}]},
+     f"limit must be an integer in [1, {MAX_LIMIT}], not {MAX_LIMIT + 1}"),
+    ({"requests": [{"ids": ["d1"]}, {"ids": ["d1"], "diversity": 2}]}, "diversity"),
+    ({"requests": [{"ids": ["zz"]}]}, "'zz'"),
+])
+def test_the_batch_refuses_what_a_single_call_refuses(http, body, fragment):
+    response = http.post(SIMILAR + "/batch", json=body, headers=auth())
+    assert response.status_code == (404 if "zz" in fragment else 400), response.text
+    assert fragment in response.json()["detail"]
+
+
+@pytest.mark.parametrize("extra,parameter", [
+    ({"diversity": 1.5}, "diversity"),
+    ({"diversity": -0.1}, "diversity"),
+    ({"group_by": "language", "group_size": 0}, "group_size"),
+    ({"group_by": "no_such_field"}, "group_by"),
+    ({"strategy": "nearest"}, "strategy"),
+    ({"offset": -1}, "offset"),
+    ({"offset": 16384}, "offset"),
+    ({"weights": [1, -1], "ids": ["d1", "d2"]}, "weights"),
+    ({"weights": [1, 1]}, "weights"),
+    ({"candidates": 2, "limit": 5}, "candidates"),
+    ({"recency": {"field": "language", "scale": 1}}, "recency"),
+    ({"recency": {"field": "year", "scale": 1, "function": "cubic"}}, "recency"),
+    ({"negative_ids": ["d3"], "ids": None, "vectors": None}, "ids"),
+])
+def test_bad_recommendation_values_are_400_naming_the_parameter(http, extra, parameter):
+    body = {"ids": ["d1"], **extra}
+    response = http.post(SIMILAR, json=body, headers=auth())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_input"
+    assert parameter in response.json()["detail"]
+
+
 def test_documents_get_index_and_delete(http):
     got = http.get("/v1/ltlrt/collections/articles/documents",
                    params={"ids": ["d2", "missing", "d1"], "output_fields": ["year"]},
@@ -211,6 +362,7 @@ def test_every_route_calls_one_library_function_of_its_name(app, http, monkeypat
         ("POST", f"{base}/documents", {"json": {"documents": _docs(3)}}),
         ("GET", f"{base}/documents", {"params": {"ids": ["d1"]}}),
         ("POST", f"{base}/similar", {"json": {"ids": ["d1"], "limit": 2}}),
+        ("POST", f"{base}/similar/batch", {"json": {"requests": [{"ids": ["d1"], "limit": 2}]}}),
         ("GET", f"{base}/similar", {"params": {"ids": ["d1"], "limit": 2}}),
         ("GET", f"{base}/count", {"params": {"filter_expr": "year > 2000"}}),
         ("GET", f"{base}/export", {}),
@@ -419,7 +571,7 @@ def test_library_calls_run_in_the_threadpool(app):
             yield from ours(dependency)
 
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
-    assert len(routes) == 13
+    assert len(routes) == 14
     for route in routes:
         for call in (route.endpoint, *ours(route.dependant)):
             assert not inspect.iscoroutinefunction(call), f"{route.path}: {call.__name__}"

@@ -13,6 +13,7 @@ from .api import (
     index,
     list_collections,
     retrieve_similar,
+    retrieve_similar_batch,
 )
 from .client import Client
 from .collection import Collection
@@ -27,6 +28,7 @@ from .errors import (
     PermissionDeniedError,
     StorageError,
 )
+from .recommend import history_weights
 from .retrieval import SimilarRequest
 
 __version__ = "0.1.0"
@@ -56,5 +58,7 @@ __all__ = [
     "get_documents",
     "index",
     "list_collections",
+    "history_weights",
     "retrieve_similar",
+    "retrieve_similar_batch",
 ]

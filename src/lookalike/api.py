@@ -89,6 +89,14 @@ def retrieve_similar(
     return default_client().retrieve_similar(name, request, **parameters)
 
 
+def retrieve_similar_batch(
+    name: str, requests: Sequence[SimilarRequest | Mapping[str, Any]], **shared: Any
+) -> list[list[dict[str, Any]]]:
+    """Many users' requests in one call (each a dict of ``retrieve_similar``'s parameters or a
+    :class:`lookalike.SimilarRequest`): their hits in order, each equal to the single call."""
+    return default_client().retrieve_similar_batch(name, requests, **shared)
+
+
 def delete_documents(name: str, ids: Sequence[str] | None = None, filter_expr: str | None = None) -> int:
     """Delete by ids and/or filter; returns how many documents were deleted."""
     return default_client().delete_documents(name, ids, filter_expr)

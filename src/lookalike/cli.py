@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -334,10 +335,61 @@ def similar(
     text: Annotated[list[str] | None, typer.Option(
         "--text", metavar="TEXT", help="A query text, repeatable (needs an embedder).",
         show_default=False)] = None,
+    negative_id: Annotated[list[str] | None, typer.Option(
+        "--negative-id", metavar="ID", help="A stored id to steer away from, repeatable.",
+        show_default=False)] = None,
+    strategy: Annotated[str | None, typer.Option(
+        metavar="average_vector|best_score",
+        help="How examples make the query (default: average_vector).",
+        show_default=False)] = None,
+    weights: Annotated[str | None, typer.Option(
+        metavar="W,W", help="Comma-separated weights, one per id or vector (a weighted mean).",
+        show_default=False)] = None,
     filter_expr: FilterOption = None,
     limit: Annotated[int, typer.Option(metavar="N", help="How many results.")] = 10,
+    offset: Annotated[int | None, typer.Option(
+        metavar="N", help="Results to skip first, for paging (groups with --group-by).",
+        show_default=False)] = None,
     exclude_ids: Annotated[bool, typer.Option(
-        "--exclude-ids", help="Leave the query ids out of the results.")] = False,
+        "--exclude-ids", help="Leave the query ids (and negative ids) out of the results.")] = False,
+    exclude_id: Annotated[list[str] | None, typer.Option(
+        "--exclude-id", metavar="ID", help="An id to leave out of the results, repeatable.",
+        show_default=False)] = None,
+    exclude_ids_file: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="Ids to leave out of the results: one a line, or a JSON array.",
+        show_default=False)] = None,
+    group_by: Annotated[str | None, typer.Option(
+        metavar="FIELD", help="At most --group-size hits per value of this field; --limit "
+                              "counts groups.", show_default=False)] = None,
+    group_size: Annotated[int | None, typer.Option(
+        metavar="N", help="Hits per group with --group-by (default: 1).",
+        show_default=False)] = None,
+    diversity: Annotated[float | None, typer.Option(
+        metavar="X", help="Maximal marginal relevance in [0, 1]: 0 the plain ranking, higher "
+                          "more varied.", show_default=False)] = None,
+    candidates: Annotated[int | None, typer.Option(
+        metavar="N", help="How many nearest items rescoring, grouping and diversity choose "
+                          "from (default: a few times --offset + --limit).", show_default=False)] = None,
+    recency_field: Annotated[str | None, typer.Option(
+        metavar="FIELD", help="A numeric field (e.g. a date) whose distance from "
+                              "--recency-origin decays the score.", show_default=False)] = None,
+    recency_scale: Annotated[float | None, typer.Option(
+        metavar="S", help="The distance from the origin at which the score is multiplied by "
+                          "--recency-decay.", show_default=False)] = None,
+    recency_decay: Annotated[float | None, typer.Option(
+        metavar="D", help="The factor at --recency-scale (default: 0.5).",
+        show_default=False)] = None,
+    recency_function: Annotated[str | None, typer.Option(
+        metavar="exp|gauss|linear", help="The decay's shape (default: exp).",
+        show_default=False)] = None,
+    recency_origin: Annotated[float | None, typer.Option(
+        metavar="X", help="Where the decay starts (default: now).", show_default=False)] = None,
+    recency_offset: Annotated[float | None, typer.Option(
+        metavar="X", help="A distance from the origin with no decay (default: 0).",
+        show_default=False)] = None,
+    min_score: Annotated[float | None, typer.Option(
+        metavar="X", help="Leave out hits scoring below X (above it for L2).",
+        show_default=False)] = None,
     output_fields: OutputFieldsOption = None,
     ef: Annotated[int | None, typer.Option(
         metavar="N", help="HNSW search breadth: raise it (e.g. 256) for selective filters "
@@ -347,15 +399,51 @@ def similar(
         "--search-param", metavar="KEY=VALUE",
         help="A parameter of the index's search (e.g. nprobe=32 for IVF), repeatable; VALUE "
              "is read as JSON when it parses.", show_default=False)] = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Show how each hit's score was made.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Print the documents most similar to ids, vectors or texts, best first."""
     vectors = fileio.read_vectors(vector_file) if vector_file is not None else None
+    # Only the options given travel: the library's defaults stay the library's.
+    given = {key: value for key, value in {
+        "negative_ids": negative_id or None, "strategy": strategy,
+        "weights": _numbers(weights, "--weights"), "offset": offset, "group_by": group_by,
+        "group_size": group_size, "diversity": diversity, "candidates": candidates,
+        "recency": _recency(recency_field, recency_scale, recency_decay, recency_function,
+                            recency_origin, recency_offset),
+        "min_score": min_score, "explain": explain or None,
+        "exclude_ids": _exclusions(exclude_ids, exclude_id or [], exclude_ids_file,
+                                   [*(id or []), *(negative_id or [])]),
+    }.items() if value is not None}
     hits = _client(ctx).collection(name).similar(SimilarRequest(
         ids=id or None, vectors=vectors, texts=text or None, filter_expr=filter_expr,
-        limit=limit, exclude_ids=exclude_ids, output_fields=_split(output_fields),
-        search_params=_search_params(ef, search_param or [])))
+        limit=limit, output_fields=_split(output_fields),
+        search_params=_search_params(ef, search_param or []), **given))
     _print_documents(hits, as_json)
+
+
+@_command(app, "similar-batch")
+def similar_batch(
+    ctx: typer.Context,
+    name: NameArg,
+    file: Annotated[Path, typer.Argument(
+        metavar="FILE", help="JSON Lines: one request a line, a JSON object of similar's "
+                             "parameters (ids, limit, exclude_ids, group_by, ...); - for stdin.",
+        show_default=False)],
+    as_json: JsonFlag = False,
+) -> None:
+    """Run many similar requests in one call; --json prints one result list a line."""
+    requests = _read_requests(file)
+    results = _client(ctx).collection(name).similar_batch(requests)
+    if as_json:
+        for hits in results:
+            print(json.dumps(hits, ensure_ascii=False, separators=(",", ":"),
+                             default=lambda v: v.tolist()))
+        return
+    for number, hits in enumerate(results, start=1):
+        out.print(f"Request {number}:", style="bold")
+        _print_documents(hits, False)
 
 
 @_command(app, "delete")
@@ -620,6 +708,70 @@ def _search_params(ef: int | None, pairs: list[str]) -> dict[str, Any] | None:
                                      param_hint="--ef")
         params["ef"] = ef
     return params or None
+
+
+def _numbers(text: str | None, option: str) -> list[float] | None:
+    """``1,0.5`` as ``[1.0, 0.5]``; the library checks the values."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected comma-separated numbers",
+                                 param_hint=option) from None
+
+
+def _recency(field: str | None, scale: float | None, decay: float | None, function: str | None,
+             origin: float | None, offset: float | None) -> dict[str, Any] | None:
+    """The ``--recency-*`` options as the library's ``recency`` dict (only the keys given)."""
+    recency = {key: value for key, value in {
+        "field": field, "scale": scale, "decay": decay, "function": function, "origin": origin,
+        "offset": offset}.items() if value is not None}
+    return recency or None
+
+
+def _exclusions(flag: bool, ids: list[str], file: Path | None,
+                examples: list[str]) -> bool | list[str] | None:
+    """The library's ``exclude_ids``: ``True`` for the flag alone, else the list of ids named
+    by ``--exclude-id`` and ``--exclude-ids-file`` (with the flag: and the query's own ids)."""
+    listed = [*ids, *(_read_ids(file) if file is not None else [])]
+    if not listed:
+        return True if flag else None
+    return list(dict.fromkeys([*(examples if flag else []), *listed]))
+
+
+def _read_ids(path: Path) -> list[str]:
+    """Ids from a file: a JSON array of strings, or one id a line (blank lines skipped)."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            ids = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise _fail(f"{path} is not a valid JSON array of ids: {error}") from None
+        if not isinstance(ids, list):
+            raise _fail(f"{path}: expected a JSON array of ids")
+        return ids
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _read_requests(path: Path) -> list[dict[str, Any]]:
+    """The requests of ``similar-batch``: one JSON object a line (``-``: stdin)."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    requests = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise _fail(f"{path}, line {number}: not valid JSON ({error})") from None
+        if not isinstance(request, dict):
+            raise _fail(f"{path}, line {number}: expected a JSON object of similar's parameters, "
+                        f"not {type(request).__name__}")
+        requests.append(request)
+    if not requests:
+        raise _fail(f"{path} holds no request (one JSON object a line)")
+    return requests
 
 
 def _counted(batches: Iterable[list[dict]], on_batch: Any) -> Iterator[dict]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,12 @@ class Client:
     ) -> list[dict[str, Any]]:
         """:meth:`Collection.similar` of the collection ``name``."""
         return self.collection(name).similar(request, **parameters)
+
+    def retrieve_similar_batch(
+        self, name: str, requests: Sequence[SimilarRequest | Mapping[str, Any]], **shared: Any
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`Collection.similar_batch` of the collection ``name``."""
+        return self.collection(name).similar_batch(requests, **shared)
 
     def delete_documents(self, name: str, ids: Iterable[str] | None = None, filter_expr: str | None = None) -> int:
         return self.collection(name).delete(ids, filter_expr)  # type: ignore[arg-type]

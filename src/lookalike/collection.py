@@ -17,10 +17,8 @@ from .retrieval import (
     SimilarQuery,
     SimilarRequest,
     as_query_vectors,
-    check_limit,
     check_output_fields,
     combine_filters,
-    mean_vector,
 )
 from .schema import ID_FIELD, VECTOR_FIELD, CollectionSpec
 
@@ -158,30 +156,45 @@ class Collection:
         Args:
             request: a :class:`SimilarRequest` (or a dict of its fields); or give its fields as
                 keywords: ``ids``, ``vectors`` or ``texts``, ``filter_expr``, ``limit``,
-                ``exclude_ids``, ``output_fields``, ``search_params``.
+                ``exclude_ids``, ``output_fields``, ``search_params``, and the recommendation
+                parameters ``negative_ids``, ``strategy``, ``weights``, ``group_by``,
+                ``group_size``, ``diversity``, ``candidates``, ``recency``, ``min_score``,
+                ``offset``, ``explain`` (README, "Recommendations").
 
         Returns:
-            ``[{'id': ..., 'distance': ...}, ...]``; ``distance`` is the engine's score: a
-            similarity for IP and COSINE (higher is closer), a distance for L2 (lower is closer).
-            The query ids are included unless ``exclude_ids=True``.
+            ``[{'id': ..., 'distance': ...}, ...]``; ``distance`` is the hit's score: a similarity
+            for IP and COSINE (higher is closer; after ``recency``, similarity × decay factor), a
+            distance for L2 (lower is closer). The query ids are included unless ``exclude_ids``.
         """
         return SimilarQuery(self)(SimilarRequest.of(request, **parameters))
 
-    def similar_batch(
-        self,
-        vectors: Any,
-        filter_expr: str | None = None,
-        limit: int = 10,
-        output_fields: Sequence[str] | None = None,
-        search_params: Mapping[str, Any] | None = None,
-    ) -> list[list[dict[str, Any]]]:
-        """One result list per query vector, in one engine call (no averaging)."""
-        query = SimilarQuery(self)
-        matrix = as_query_vectors(vectors, self.spec)
-        if self.spec.metric != "L2":
-            matrix = np.stack([mean_vector(row[None, :], self.spec) for row in matrix])
-        fields = check_output_fields(self.spec, output_fields)
-        return query.search(list(matrix), filter_expr or "", check_limit(limit), fields, search_params, filter_expr)
+    def similar_batch(self, requests: Any, **shared: Any) -> list[list[dict[str, Any]]]:
+        """Many requests in one call: one result list per request, in order, each equal to
+        :meth:`similar` of that request; requests whose engine calls differ only in their query
+        vector share one engine call (nq > 1, much faster than one call each).
+
+        Args:
+            requests: a list of requests, each a :class:`SimilarRequest` or a dict of its fields;
+                or a list (or matrix) of vectors, each one request ``{"vectors": [v], **shared}``.
+            shared: parameters for every dict request (a request's own keys win).
+
+        Returns:
+            The hits of each request.
+        """
+        items = list(requests) if isinstance(requests, (list, tuple)) else None
+        if items is not None and items and all(isinstance(x, (SimilarRequest, Mapping)) for x in items):
+            checked = []
+            for item in items:
+                if isinstance(item, SimilarRequest) and shared:
+                    raise InvalidInputError(
+                        f"parameters for every request ({', '.join(sorted(shared))}) go with dict requests, "
+                        "not SimilarRequest objects"
+                    )
+                checked.append(SimilarRequest.of(item if isinstance(item, SimilarRequest) else {**shared, **item}))
+        else:
+            matrix = as_query_vectors(requests, self.spec)  # errors name vectors[i], as the vectors they are
+            checked = [SimilarRequest.of({**shared, "vectors": row}) for row in matrix]
+        return SimilarQuery(self).batch(checked)
 
     def count(self, filter_expr: str | None = None) -> int:
         """How many documents are stored (matching ``filter_expr`` when given)."""

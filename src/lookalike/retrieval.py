@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .documents import MIN_COSINE_NORM, as_vector, check_ids, id_filter, vector_norm
+from . import recommend
+from .documents import MIN_COSINE_NORM, as_vector, check_ids, id_filter
 from .errors import InvalidInputError, NotFoundError
 from .schema import DEFAULT_NLIST, ID_FIELD, SEARCH_PARAMS, VECTOR_FIELD, CollectionSpec, shown
 
@@ -39,19 +41,6 @@ def check_output_fields(spec: CollectionSpec, output_fields: Any) -> list[str]:
                 f"output_fields: unknown field {shown(name)} (the collection has {', '.join(known)})"
             )
     return [name for name in output_fields if name != ID_FIELD]
-
-
-def mean_vector(vectors: np.ndarray, spec: CollectionSpec) -> np.ndarray:
-    """The mean of several query vectors; re-normalised for IP/COSINE (for L2 the mean is kept
-    as it is, since normalising would move it off the stored vectors' scale)."""
-    # float64: the sum of several large vectors must not overflow on its way to the mean
-    mean = np.asarray(vectors, dtype=np.float64).mean(axis=0)
-    if spec.metric == "L2":
-        return mean.astype(np.float32)
-    norm = vector_norm(mean)
-    if norm == 0.0:
-        raise InvalidInputError("the query vectors cancel out: their mean is the zero vector")
-    return (mean / norm).astype(np.float32)
 
 
 def as_query_vectors(vectors: Any, spec: CollectionSpec, parameter: str = "vectors") -> np.ndarray:
@@ -188,9 +177,24 @@ class SimilarRequest:
         texts: texts embedded with the collection's model (several: averaged).
         filter_expr: a Milvus boolean expression the hits must match.
         limit: how many hits, in [1, 16384].
-        exclude_ids: leave the query's own ids out of the hits.
+        exclude_ids: True leaves out every id given as an example (``ids`` and ``negative_ids``);
+            a list of ids (any length) leaves out those ids.
         output_fields: metadata fields returned with each hit.
         search_params: the index's search parameters, e.g. ``{"ef": 128}`` for HNSW.
+        negative_ids: stored ids the hits should be unlike.
+        strategy: ``"average_vector"`` (query = 2·mean(positives) − mean(negatives)) or
+            ``"best_score"`` (each candidate scored against its nearest positive and negative).
+        weights: one per id (or per vector/text): the query is their weighted mean.
+        group_by: a scalar field; at most ``group_size`` hits per value, ``limit`` counts groups.
+        group_size: hits per group, at least 1.
+        diversity: maximal marginal relevance in [0, 1]; 0 is the plain ranking, 1 the most diverse.
+        candidates: how many nearest neighbours the rescoring stages work over (default a few
+            times ``offset + limit``).
+        recency: ``{"field", "scale", "decay"=0.5, "function"="exp", "origin"=now, "offset"=0}``:
+            Milvus's decay ranker over a numeric field.
+        min_score: drop hits scoring below it (above it for L2).
+        offset: hits (or groups, with ``group_by``) skipped, for paging; ``offset + limit`` ≤ 16384.
+        explain: each hit gets an ``explain`` dict saying how its score was made.
     """
 
     ids: Sequence[str] | None = None
@@ -198,9 +202,20 @@ class SimilarRequest:
     texts: Sequence[str] | None = None
     filter_expr: str | None = None
     limit: int = 10
-    exclude_ids: bool = False
+    exclude_ids: bool | Sequence[str] = False
     output_fields: Sequence[str] | None = None
     search_params: Mapping[str, Any] | None = None
+    negative_ids: Sequence[str] | None = None
+    strategy: str = "average_vector"
+    weights: Sequence[float] | None = None
+    group_by: str | None = None
+    group_size: int = 1
+    diversity: float | None = None
+    candidates: int | None = None
+    recency: Mapping[str, Any] | None = None
+    min_score: float | None = None
+    offset: int = 0
+    explain: bool = False
 
     @classmethod
     def of(cls, request: SimilarRequest | Mapping[str, Any] | None = None, **parameters: Any) -> SimilarRequest:
@@ -228,12 +243,56 @@ class SimilarRequest:
         return cls(**values)
 
 
+# Exclusion lists up to this long go into the engine's filter expression; longer ones are
+# over-fetched and dropped here (Milvus's `id not in [...]` slows with the list's length and
+# has an expression size limit; see bench/recommend.py for the measured figures).
+EXCLUDE_IN_EXPRESSION = 64
+# Over-fetch for a long list up to this many times the hits needed (at least OVERFETCH_MIN).
+OVERFETCH_FACTOR, OVERFETCH_MIN = 4, 1000
+# The rescoring stages' pool when `candidates` is not given: this many times the hits asked for
+# (each group counting `group_size`), at least MIN_CANDIDATES.
+CANDIDATES_FACTOR, MIN_CANDIDATES = 4, 100
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A checked request, ready to fetch: what the engine is asked, and what is done after."""
+
+    request: SimilarRequest
+    queries: list[np.ndarray]  # average_vector: one; best_score: each example's vector
+    positives: np.ndarray  # best_score's examples (empty otherwise)
+    negatives: np.ndarray
+    labels: list[str]  # each query's name in `explain` (an id, or "vectors[i]" / "texts[i]")
+    expr: str  # filter and short exclusions
+    excluded: frozenset[str]  # a long exclusion list, dropped after fetching
+    fetch: int  # hits per query asked of the engine (after exclusions)
+    fields: list[str]  # the caller's output fields
+    wanted: list[str]  # fields read from the engine: the caller's and the stages'
+    params: dict[str, Any]
+    limit: int
+    offset: int
+    recency: recommend.Recency | None
+    min_score: float | None
+    diversity: float | None
+    rescored: bool  # a stage reorders the candidates (a pool is fetched)
+
+    @property
+    def key(self) -> tuple[Any, ...] | None:
+        """Plans with the same key share one engine call (None: this one fetches alone)."""
+        if self.excluded:
+            return None
+        return (self.expr, self.fetch, tuple(self.wanted), repr(sorted(self.params["params"].items())))
+
+
 class SimilarQuery:
-    """Resolves the query of ``retrieve_similar`` and runs it on one collection."""
+    """Resolves the query of ``retrieve_similar`` and runs it on one collection: the stages of
+    :mod:`lookalike.recommend` in order (filter and exclusions → candidates from the index →
+    recency → ``min_score`` → group caps → MMR → ``offset``/``limit``)."""
 
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
         self.spec = collection.spec
+        self.sign = -1.0 if self.spec.metric == "L2" else 1.0  # scores: higher is better
 
     def __call__(self, request: SimilarRequest) -> list[dict[str, Any]]:
         """The hits of ``request``, best first.
@@ -242,71 +301,205 @@ class SimilarQuery:
             request: the query's parameters (checked here, each error naming its parameter).
 
         Returns:
-            ``[{'id', 'distance', <output fields>...}]``, best first.
+            ``[{'id', 'distance', <output fields>..., 'explain'?}]``, best first.
         """
-        given = [name for name in ("ids", "vectors", "texts") if getattr(request, name) is not None]
-        if len(given) != 1:
+        return self.batch([request])[0]
+
+    def batch(self, requests: Sequence[SimilarRequest]) -> list[list[dict[str, Any]]]:
+        """The hits of each request, in order; requests whose engine calls differ only in their
+        query vectors share one call (nq > 1)."""
+        plans = [self.plan(request) for request in requests]
+        fetched: list[list[list[dict[str, Any]]] | None] = [None] * len(plans)
+        shared: dict[Any, list[int]] = {}
+        for position, plan in enumerate(plans):
+            if plan.key is None:
+                fetched[position] = [self.fetch_excluding(plan, query) for query in plan.queries]
+            else:
+                shared.setdefault(plan.key, []).append(position)
+        for positions in shared.values():
+            first = plans[positions[0]]
+            queries = [q for i in positions for q in plans[i].queries]
+            hits = self.engine_search(queries, first.expr, first.fetch, first.wanted, first.params,
+                                      first.request.filter_expr)
+            for i in positions:
+                fetched[i], hits = hits[: len(plans[i].queries)], hits[len(plans[i].queries):]
+        return [self.finish(plan, hits) for plan, hits in zip(plans, fetched, strict=True)]  # type: ignore[arg-type]
+
+    # -- checking --------------------------------------------------------------------------
+
+    def plan(self, request: SimilarRequest) -> _Plan:
+        """Check every parameter of ``request`` and resolve its query vectors."""
+        r = request
+        strategy = r.strategy
+        if strategy not in recommend.STRATEGIES:
+            raise InvalidInputError(f"strategy must be one of {', '.join(recommend.STRATEGIES)}, not {shown(strategy)}")
+        negative_ids = check_ids(r.negative_ids, "negative_ids") if r.negative_ids is not None else []
+        given = [name for name in ("ids", "vectors", "texts") if getattr(r, name) is not None]
+        if len(given) > 1 or (not given and not (negative_ids and strategy == "best_score")):
+            if negative_ids and not given:
+                raise InvalidInputError(
+                    f"strategy 'average_vector' needs positive examples (ids, vectors or texts) beside "
+                    f"negative_ids = {shown(negative_ids)}; strategy='best_score' takes negatives alone"
+                )
             raise InvalidInputError(
                 "retrieve_similar needs exactly one of ids, vectors or texts"
                 + (f" (got {' and '.join(given)})" if given else "")
             )
-        limit = check_limit(request.limit)
-        filter_expr = check_filter(request.filter_expr)
-        fields = check_output_fields(self.spec, request.output_fields)
-        if not isinstance(request.exclude_ids, bool):
-            raise InvalidInputError(f"exclude_ids must be true or false, not {shown(request.exclude_ids)}")
+        limit = check_limit(r.limit)
+        offset = r.offset
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidInputError(f"offset must be an integer ≥ 0, not {shown(offset)}")
+        if offset + limit > MAX_LIMIT:
+            raise InvalidInputError(f"offset + limit must be at most {MAX_LIMIT}, not {offset} + {limit}")
+        filter_expr = check_filter(r.filter_expr)
+        fields = check_output_fields(self.spec, r.output_fields)
+        group_size = r.group_size
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+            raise InvalidInputError(f"group_size must be an integer ≥ 1, not {shown(group_size)}")
+        if r.group_by is not None:
+            field = self.spec.field(r.group_by) if isinstance(r.group_by, str) else None
+            if field is None or field.type not in recommend.GROUPABLE_TYPES:
+                groupable = [f.name for f in self.spec.fields if f.type in recommend.GROUPABLE_TYPES]
+                raise InvalidInputError(
+                    f"group_by = {shown(r.group_by)} is not a field of the collection that can group "
+                    f"(bool, integer or varchar fields: {', '.join(groupable) or 'none'})"
+                )
+        diversity = r.diversity
+        if diversity is not None and (isinstance(diversity, bool) or not isinstance(diversity, (int, float))
+                                      or not 0 <= diversity <= 1):
+            raise InvalidInputError(f"diversity must be a number in [0, 1] (0: plain ranking), not {shown(diversity)}")
+        min_score = r.min_score
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, (int, float))
+                                      or not math.isfinite(min_score)):
+            raise InvalidInputError(f"min_score must be a number, not {shown(min_score)}")
+        if not isinstance(r.explain, bool):
+            raise InvalidInputError(f"explain must be true or false, not {shown(r.explain)}")
+        recency = recommend.check_recency(self.spec, r.recency)
+        shown_group = group_size if r.group_by is not None else 1
+        rescored = bool(recency or r.group_by is not None or diversity is not None or strategy == "best_score")
+        candidates = r.candidates
+        if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int)
+                                       or not offset + limit <= candidates <= MAX_LIMIT):
+            raise InvalidInputError(
+                f"candidates must be an integer in [offset + limit = {offset + limit}, {MAX_LIMIT}], "
+                f"not {shown(candidates)}"
+            )
+        if candidates is None:
+            candidates = min(MAX_LIMIT, max(MIN_CANDIDATES, CANDIDATES_FACTOR * (offset + limit) * shown_group))
+        fetch = candidates if rescored else offset + limit
+
+        # the examples
         query_ids: list[str] = []
-        if request.ids is not None:
-            query_ids = check_ids(request.ids)
+        labels: list[str] = []
+        if r.ids is not None:
+            query_ids = check_ids(r.ids)
             if not query_ids:
                 raise InvalidInputError("ids is empty")
-            matrix = self.stored_vectors(query_ids)
-        elif request.texts is not None:
-            matrix = self.collection.embed_query(request.texts)
+            matrix = self.stored_vectors(query_ids, "ids")
+            labels = list(query_ids)
+        elif r.texts is not None:
+            matrix = self.collection.embed_query(r.texts)
+            labels = [f"texts[{i}]" for i in range(len(matrix))]
+        elif r.vectors is not None:
+            matrix = as_query_vectors(r.vectors, self.spec)
+            labels = [f"vectors[{i}]" for i in range(len(matrix))]
         else:
-            matrix = as_query_vectors(request.vectors, self.spec)
-        query = mean_vector(matrix, self.spec)
-        excluded = id_filter(query_ids, negate=True) if request.exclude_ids and query_ids else None
-        expr = combine_filters(filter_expr, excluded)
-        return self.search([query], expr, limit, fields, request.search_params, filter_expr,
-                           averaged=len(matrix) > 1)[0]
+            matrix = np.zeros((0, self.spec.dim), dtype=np.float32)
+        negatives = self.stored_vectors(negative_ids, "negative_ids") if negative_ids else matrix[:0]
+        weights = recommend.check_weights(r.weights, len(matrix), given[0] if given else "ids")
+        if weights is not None and strategy == "best_score":
+            raise InvalidInputError(
+                f"weights = {shown(r.weights)} apply to strategy 'average_vector', not 'best_score'"
+            )
 
-    def stored_vectors(self, ids: list[str]) -> np.ndarray:
+        exclude = r.exclude_ids
+        if isinstance(exclude, bool):
+            excluded = [*query_ids, *negative_ids] if exclude else []
+        elif isinstance(exclude, str) or not isinstance(exclude, Sequence):
+            raise InvalidInputError(f"exclude_ids must be true, false or a list of ids, not {shown(exclude)}")
+        else:
+            excluded = check_ids(exclude, "exclude_ids")
+        excluded = list(dict.fromkeys(excluded))
+        short = len(excluded) <= EXCLUDE_IN_EXPRESSION
+        expr = combine_filters(filter_expr, id_filter(excluded, negate=True) if excluded and short else None)
+
+        if strategy == "best_score":
+            queries = [self.unit(v) for v in (*matrix, *negatives)]
+            labels = [*labels, *negative_ids]
+        else:
+            queries = [recommend.query_vector(matrix, negatives, weights, self.spec.metric)]
+        wanted = list(fields)
+        for extra in (r.group_by, recency.field if recency else None,
+                      VECTOR_FIELD if diversity is not None or strategy == "best_score" else None):
+            if extra and extra not in wanted:
+                wanted.append(extra)
+        averaged = len(matrix) + len(negatives) > 1 and strategy == "average_vector"
+        params = search_params_for(self.spec, r.search_params, fetch, wide=bool(expr) or averaged)
+        return _Plan(
+            request=r, queries=queries,
+            positives=matrix if strategy == "best_score" else matrix[:0],
+            negatives=negatives if strategy == "best_score" else negatives[:0],
+            labels=labels, expr=expr, excluded=frozenset(() if short else excluded), fetch=fetch,
+            fields=fields, wanted=wanted, params=params, limit=limit, offset=offset, recency=recency,
+            min_score=min_score, diversity=None if diversity is None else float(diversity), rescored=rescored,
+        )
+
+    def unit(self, vector: np.ndarray) -> np.ndarray:
+        """A query vector as the engine searches it: normalised for IP/COSINE."""
+        return recommend.query_vector(vector[None, :], None, None, self.spec.metric)
+
+    def stored_vectors(self, ids: list[str], parameter: str = "ids") -> np.ndarray:
         """The vectors of ``ids``, in their order; NotFoundError names the ones not stored."""
         # the engine's rows as they are: no round trip of each vector through Python floats
         found = {row[ID_FIELD]: row[VECTOR_FIELD] for row in self.collection.rows_by_id(ids, [ID_FIELD, VECTOR_FIELD])}
         missing = [i for i in ids if i not in found]
         if missing:
-            shown = ", ".join(repr(i) for i in missing[:10])
+            listed = ", ".join(repr(i) for i in missing[:10])
             raise NotFoundError(
-                f"{len(missing)} of the query ids are not stored in {self.collection.name!r}: {shown}"
+                f"{len(missing)} of the {parameter} are not stored in {self.collection.name!r}: {listed}"
                 + (" ..." if len(missing) > 10 else "")
             )
         return np.asarray([found[i] for i in ids], dtype=np.float32)
 
-    def search(
-        self,
-        queries: list[np.ndarray],
-        expr: str,
-        limit: int,
-        fields: list[str],
-        search_params: Mapping[str, Any] | None,
-        filter_expr: str | None,
-        averaged: bool = False,
+    # -- fetching ----------------------------------------------------------------------------
+
+    def fetch_excluding(self, plan: _Plan, query: np.ndarray) -> list[dict[str, Any]]:
+        """``plan.fetch`` hits of ``query`` none of which is in the long exclusion list.
+
+        Over-fetches and drops the excluded ids here, the over-fetch growing while too many of
+        them were among the hits; past a few times ``need`` (returning thousands of hits costs
+        more than a short expression), the excluded ids seen in the hits join the filter
+        expression instead: each round either fetches more or excludes more, and the expression
+        holds only the excluded ids near the query, never the whole list."""
+        need, excluded = plan.fetch, plan.excluded
+        pushed: list[str] = []
+        size = min(MAX_LIMIT, need + min(len(excluded), max(need, 64)))
+        cap = min(MAX_LIMIT, need + len(excluded), max(OVERFETCH_FACTOR * need, OVERFETCH_MIN))
+        while True:
+            expr = combine_filters(plan.expr, id_filter(pushed, negate=True) if pushed else None)
+            params = search_params_for(self.spec, plan.request.search_params, size, wide=True)
+            hits = self.engine_search([query], expr, size, plan.wanted, params, plan.request.filter_expr)[0]
+            kept = [hit for hit in hits if hit["id"] not in excluded]
+            if len(kept) >= need or len(hits) < size:
+                return kept[:need]
+            if size < cap:
+                size = min(cap, OVERFETCH_FACTOR * size)
+            else:
+                pushed += [hit["id"] for hit in hits if hit["id"] in excluded]
+
+    def engine_search(
+        self, queries: list[np.ndarray], expr: str, limit: int, wanted: list[str],
+        params: dict[str, Any], filter_expr: str | None,
     ) -> list[list[dict[str, Any]]]:
-        """One engine call for all ``queries`` (nq > 1 is much faster than one call each);
-        ``averaged``: the query is the mean of several items (a wider default search)."""
-        check_filter(filter_expr)
-        params = search_params_for(self.spec, search_params, limit, wide=bool(expr) or averaged)
-        engine = self.collection.engine
+        """One engine call for all ``queries``: raw hits ``{'id', 'distance', <wanted fields>}``."""
         try:
-            hits = engine.search(
+            hits = self.collection.engine.search(
                 self.collection.name,
                 data=queries,
                 filter=expr,
                 limit=limit,
                 # Never []: Milvus Lite reads [] as "every field" and ships each hit's vector.
-                output_fields=fields or [ID_FIELD],
+                output_fields=wanted or [ID_FIELD],
                 search_params=params,
                 anns_field=VECTOR_FIELD,
             )
@@ -314,13 +507,118 @@ class SimilarQuery:
             if filter_expr:
                 raise InvalidInputError(f"filter_expr {filter_expr!r} was rejected: {exc}") from None
             raise
-        return [[_result(hit, fields) for hit in per_query] for per_query in hits]
+        out = []
+        for per_query in hits:
+            rows = []
+            for hit in per_query:
+                entity = hit.get("entity") or {}
+                row = {name: entity.get(name) for name in wanted}
+                row["id"], row["distance"] = hit.get("id", entity.get(ID_FIELD)), float(hit["distance"])
+                rows.append(row)
+            out.append(rows)
+        return out
 
+    # -- the stages ------------------------------------------------------------------------
 
-def _result(hit: Mapping[str, Any], fields: list[str]) -> dict[str, Any]:
-    entity = hit.get("entity") or {}
-    out = {"id": hit.get("id", entity.get(ID_FIELD)), "distance": float(hit["distance"])}
-    for name in fields:
-        value = entity.get(name)
-        out[name] = [float(x) for x in value] if name == VECTOR_FIELD and value is not None else value
-    return out
+    def finish(self, plan: _Plan, per_query: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        """The stages after the engine, in the documented order, over the fetched candidates."""
+        r, metric = plan.request, self.spec.metric
+        # candidates: one query's hits, or for best_score the union of every example's
+        rows: dict[str, dict[str, Any]] = {}
+        for hits in per_query:
+            for hit in hits:
+                rows.setdefault(hit["id"], hit)
+        cand = list(rows.values())
+        if not plan.rescored and plan.min_score is None:  # the engine's ranking as it is
+            return [self.shape(plan, row, {"similarity": row["distance"]}) for row in cand[plan.offset:][: plan.limit]]
+        n = len(cand)
+        vectors = self.candidate_vectors(cand) if VECTOR_FIELD in plan.wanted else None
+        explain: list[dict[str, Any]] = [{} for _ in range(n)]
+        if r.strategy == "best_score":
+            scores, near_p, near_n = recommend.best_scores(vectors, plan.positives, plan.negatives, metric)
+            p_sims = recommend.similarities(vectors, plan.positives, metric) if len(plan.positives) else None
+            n_sims = recommend.similarities(vectors, plan.negatives, metric) if len(plan.negatives) else None
+            for i in range(n):
+                explain[i] = recommend.explain_entry(
+                    similarity=float(scores[i]),
+                    nearest_positive=plan.labels[near_p[i]] if p_sims is not None else None,
+                    positive_similarity=self.sign * float(p_sims[i, near_p[i]]) if p_sims is not None else None,
+                    nearest_negative=plan.labels[len(plan.positives) + near_n[i]] if n_sims is not None else None,
+                    negative_similarity=self.sign * float(n_sims[i, near_n[i]]) if n_sims is not None else None,
+                )
+        else:
+            scores = self.sign * np.asarray([row["distance"] for row in cand], dtype=np.float64)
+            for i in range(n):
+                explain[i]["similarity"] = cand[i]["distance"]
+        if plan.recency is not None:
+            values = [row[plan.recency.field] for row in cand]
+            factors = recommend.decay_factors(np.asarray([np.nan if v is None else v for v in values]), plan.recency)
+            factors = np.nan_to_num(factors, nan=0.0)  # no date: decayed away
+            scores = scores * factors
+            for i in range(n):
+                explain[i]["decay"] = float(factors[i])
+        order = [int(i) for i in np.argsort(-scores, kind="stable")]
+        if plan.min_score is not None:
+            order = [i for i in order if scores[i] >= self.sign * plan.min_score]
+        groups = [row.get(r.group_by) for row in cand] if r.group_by is not None else None
+        if groups is not None:
+            order = recommend.cap_groups(order, groups, r.group_size)
+        if plan.diversity is not None:
+            order = self.diversify(plan, order, scores, vectors, groups, explain)
+        chosen = recommend.page(order, groups, plan.offset, plan.limit)
+        out = []
+        for i in chosen:
+            if groups is not None:
+                explain[i]["group"] = groups[i]
+            explain[i]["score"] = float(self.sign * scores[i])
+            out.append(self.shape(plan, {**cand[i], "distance": float(self.sign * scores[i])}, explain[i]))
+        return out
+
+    def diversify(self, plan: _Plan, order: list[int], scores: np.ndarray, vectors: np.ndarray,
+                  groups: list[Any] | None, explain: list[dict[str, Any]]) -> list[int]:
+        """MMR's selection order, as far as the page needs it: ``offset + limit`` picks, or with
+        groups until the first ``offset + limit`` groups have all their (capped) members."""
+        wanted_groups = plan.offset + plan.limit
+        remaining: dict[Any, int] = {}
+        if groups is not None:
+            for i in order:
+                remaining[groups[i]] = remaining.get(groups[i], 0) + 1
+        picked: list[int] = []
+        seen: list[Any] = []
+        for step, (i, value) in enumerate(recommend.mmr(order, scores, vectors, plan.diversity or 0.0,
+                                                        self.spec.metric)):
+            picked.append(i)
+            explain[i]["mmr_step"], explain[i]["mmr_value"] = step, value
+            if groups is None:
+                if len(picked) >= wanted_groups:
+                    break
+                continue
+            if groups[i] not in seen:
+                seen.append(groups[i])
+            remaining[groups[i]] -= 1
+            if len(seen) >= wanted_groups and all(remaining[g] == 0 for g in seen[:wanted_groups]):
+                break
+        return picked
+
+    def candidate_vectors(self, cand: list[dict[str, Any]]) -> np.ndarray:
+        """The candidates' vectors: from the hits, or read by id where the engine left them out."""
+        missing = [row["id"] for row in cand if row.get(VECTOR_FIELD) is None]
+        if missing:
+            rows = self.collection.rows_by_id(missing, [ID_FIELD, VECTOR_FIELD])
+            found = {row[ID_FIELD]: row[VECTOR_FIELD] for row in rows}
+            for row in cand:
+                if row.get(VECTOR_FIELD) is None:
+                    row[VECTOR_FIELD] = found[row["id"]]
+        if not cand:
+            return np.zeros((0, self.spec.dim), dtype=np.float32)
+        return np.asarray([row[VECTOR_FIELD] for row in cand], dtype=np.float32)
+
+    def shape(self, plan: _Plan, row: Mapping[str, Any], explain: dict[str, Any]) -> dict[str, Any]:
+        """A hit as the caller sees it: ``id``, ``distance``, the output fields, ``explain``."""
+        out = {"id": row["id"], "distance": float(row["distance"])}
+        for name in plan.fields:
+            value = row.get(name)
+            out[name] = [float(x) for x in value] if name == VECTOR_FIELD and value is not None else value
+        if plan.request.explain:
+            out["explain"] = explain
+        return out

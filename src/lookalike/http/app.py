@@ -41,8 +41,10 @@ from .models import (
     Hit,
     Indexed,
     IndexRequest,
+    RetrieveSimilarBatchRequest,
     RetrieveSimilarRequest,
     Status,
+    Strategy,
     one_filter,
 )
 from .organisations import Organisations, authenticator
@@ -233,6 +235,13 @@ def create_app(
         """The documents most similar to ids, vectors or texts, best first."""
         return _JSON(client.retrieve_similar(name, query.to_request(max_limit)))
 
+    @app.post(COLLECTION + "/similar/batch", tags=["similar"], operation_id="retrieve_similar_batch",
+              response_model=list[list[Hit]], responses=declared(400, *_ANY, 413))
+    def retrieve_similar_batch(client: Org, name: Name, body: RetrieveSimilarBatchRequest) -> Response:
+        """Many similarity queries in one call: one list of hits per request, in their order,
+        each the answer ``retrieve_similar`` gives it (each limit held to the service's maximum)."""
+        return _JSON(client.retrieve_similar_batch(name, body.to_requests(max_limit)))
+
     @app.get(COLLECTION + "/similar", tags=["similar"], operation_id="retrieve_similar_by_ids",
              response_model=list[Hit], responses=_READ)
     def retrieve_similar_by_ids(
@@ -243,13 +252,44 @@ def create_app(
         filter: FilterAlias = None,
         limit: Annotated[int, Query(description="the number of hits (at most the service's "
                                                 "maximum)", json_schema_extra={"minimum": 1})] = 10,
-        exclude_ids: bool = False,
+        exclude_ids: Annotated[bool, Query(
+            description="leave the query's own ids (and negative_ids) out of the hits; a list of "
+                        "ids to leave out goes in the POST body")] = False,
         output_fields: Fields = None,
+        negative_ids: Annotated[list[str] | None, Query(
+            description="stored ids to steer away from (repeat)")] = None,
+        strategy: Annotated[Strategy | None, Query(
+            description="average_vector (default) or best_score")] = None,
+        weights: Annotated[list[float] | None, Query(
+            description="one weight per id (repeat, in the order of ids)")] = None,
+        offset: Annotated[int | None, Query(
+            description="hits (groups with group_by) to skip first, for paging",
+            json_schema_extra={"minimum": 0})] = None,
+        group_by: Annotated[str | None, Query(
+            description="a scalar field: at most group_size hits per value")] = None,
+        group_size: Annotated[int | None, Query(
+            description="hits per group with group_by (default 1)",
+            json_schema_extra={"minimum": 1})] = None,
+        diversity: Annotated[float | None, Query(
+            description="maximal marginal relevance in [0, 1] (0: the plain ranking)",
+            json_schema_extra={"minimum": 0, "maximum": 1})] = None,
+        candidates: Annotated[int | None, Query(
+            description="how many nearest items the rescoring steps choose from",
+            json_schema_extra={"minimum": 1})] = None,
+        min_score: Annotated[float | None, Query(
+            description="leave out hits scoring below it (above it for L2)")] = None,
+        explain: Annotated[bool, Query(description="give each hit an explain object")] = False,
     ) -> Response:
-        """``retrieve_similar`` by stored ids, in a URL: the documents most similar to ``ids``."""
+        """``retrieve_similar`` by stored ids, in a URL: the documents most similar to ``ids``
+        (``recency`` and an exclusion list need the POST body)."""
+        given = {key: value for key, value in {
+            "negative_ids": negative_ids, "strategy": strategy, "weights": weights,
+            "offset": offset, "group_by": group_by, "group_size": group_size,
+            "diversity": diversity, "candidates": candidates, "min_score": min_score,
+            "explain": explain or None}.items() if value is not None}
         return _JSON(client.retrieve_similar(name, SimilarRequest(
             ids=ids, filter_expr=one_filter(filter_expr, filter),
             limit=check_limit(limit, max_limit), exclude_ids=exclude_ids,
-            output_fields=output_fields)))
+            output_fields=output_fields, **given)))
 
     return app

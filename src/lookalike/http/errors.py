@@ -28,7 +28,8 @@ HTTP_KINDS = {401: "unauthenticated", 403: "forbidden", 404: "not_found",
 
 _WHEN = {
     400: "invalid input: a value the library refuses (filter expression, vector, document, name, "
-         "limit, search parameter, embedder)",
+         "limit, search parameter, embedder, a recommendation parameter such as diversity, "
+         "group_by, recency, weights or offset), named in the detail",
     401: "no bearer token, or not one of any organisation",
     403: "the token of another organisation, or Milvus denied the organisation's user",
     404: "no such collection, or query ids that are not stored",

@@ -9,7 +9,7 @@ that JSON from the library's results directly (see ``app.py``), and the OpenAPI 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,34 +70,121 @@ class CollectionSchema(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+STRATEGIES = ["average_vector", "best_score"]
+DECAY_FUNCTIONS = ["exp", "gauss", "linear"]
+# The values the library takes, stated in the OpenAPI document for clients (an enum of the string,
+# beside null, which leaves the library's default) but checked by the library alone: another
+# value is its 400 naming the parameter, not a 422 here.
+Strategy = Annotated[str, Field(json_schema_extra={"enum": STRATEGIES})]
+DecayFunction = Annotated[str, Field(json_schema_extra={"enum": DECAY_FUNCTIONS})]
+
+
+class Recency(BaseModel):
+    """Milvus's decay ranker: each hit's score times a factor that falls with the distance of a
+    numeric field from ``origin`` (see the README's Recommendations section for the formulas)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"field": "publication_date", "scale": 30, "decay": 0.5, "function": "exp"}]})
+
+    field: str = Field(description="a numeric metadata field, e.g. a publication date")
+    scale: float = Field(description="the distance from `origin` (past `offset`) at which the "
+                                     "factor is `decay`")
+    # Absent keys are left out of the library's dict: its defaults are the one rule.
+    decay: float | None = Field(None, description="the factor at `scale`, in (0, 1) (default 0.5)")
+    function: DecayFunction | None = Field(None, description="the decay's shape: exp (default), "
+                                                             "gauss or linear")
+    origin: float | None = Field(None, description="where the factor is 1 (default: now)")
+    offset: float | None = Field(None, description="a distance from `origin` with no decay "
+                                                   "(default 0)")
+
+
 class RetrieveSimilarRequest(BaseModel):
-    """A similarity query by stored ids, by vectors or by texts (exactly one of the three)."""
+    """A similarity query by stored ids, by vectors or by texts (exactly one of the three).
+
+    The fields are the parameters of the library's ``retrieve_similar``; the library checks
+    their values (400 naming the parameter), in the order the README's Recommendations section
+    gives: filter and exclusions, candidates, recency, ``min_score``, groups, diversity, then
+    ``offset`` and ``limit``."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"vectors": [0.0, 1.0, 0.0, 0.0], "filter_expr": 'language == "fr"', "limit": 2,
          "output_fields": ["language"]},
+        {"ids": ["a1", "a4"], "negative_ids": ["a3"], "exclude_ids": ["a2"],
+         "group_by": "language", "diversity": 0.3, "limit": 5, "explain": True},
     ]})
 
     ids: list[str] | None = Field(None, description="stored ids; several are averaged into one query")
     vectors: list[list[float]] | list[float] | None = Field(
         None, description="one vector, or several (averaged into one query)")
     texts: list[str] | None = Field(None, description="texts, embedded with the collection's model")
+    negative_ids: list[str] | None = Field(
+        None, description="stored ids to steer away from (see `strategy`)")
+    strategy: Strategy | None = Field(
+        None, description="how the examples make the query: average_vector (default: "
+                          "2·mean(positives) − mean(negatives)) or best_score (each candidate "
+                          "scored by its best positive and best negative similarity)")
+    weights: list[float] | None = Field(
+        None, description="one weight per id or vector, ≥ 0 and not all 0: the query is the "
+                          "weighted mean")
     filter_expr: str | None = Field(None, description=FILTER_DESCRIPTION)
     filter: str | None = Field(None, description=FILTER_ALIAS_DESCRIPTION, deprecated=True)
     # No ge/le here: the library's check_limit is the one rule (400 with its message).
-    limit: int = Field(10, description="the number of hits (at most the service's maximum, "
-                                       "LOOKALIKE_HTTP_MAX_LIMIT)", json_schema_extra={"minimum": 1})
-    exclude_ids: bool = Field(False, description="leave the query's own ids out of the hits")
+    limit: int = Field(10, description="the number of hits (groups with `group_by`), at most the "
+                                       "service's maximum (LOOKALIKE_HTTP_MAX_LIMIT)",
+                       json_schema_extra={"minimum": 1})
+    offset: int | None = Field(None, description="hits (groups with `group_by`) to skip first, "
+                                                 "for paging; offset + limit ≤ 16384",
+                               json_schema_extra={"minimum": 0})
+    exclude_ids: bool | list[str] = Field(
+        False, description="true: leave the query's own ids (`ids` and `negative_ids`) out of the "
+                           "hits; a list: leave those ids out")
+    group_by: str | None = Field(None, description="a scalar field: at most `group_size` hits per "
+                                                   "value; `limit` then counts groups")
+    group_size: int | None = Field(None, description="hits per group with `group_by` (default 1)",
+                                   json_schema_extra={"minimum": 1})
+    diversity: float | None = Field(
+        None, description="maximal marginal relevance in [0, 1]: 0 is the plain ranking, higher "
+                          "trades similarity to the query for variety among the hits",
+        json_schema_extra={"minimum": 0, "maximum": 1})
+    candidates: int | None = Field(
+        None, description="how many nearest items rescoring, grouping, diversity and best_score "
+                          "choose from (default: a few times `offset + limit`; in [offset + limit, 16384])",
+        json_schema_extra={"minimum": 1})
+    recency: Recency | None = Field(None, description="decay each hit's score by a numeric field")
+    min_score: float | None = Field(None, description="leave out hits scoring below it (above it "
+                                                      "for L2)")
+    explain: bool = Field(False, description="give each hit an `explain` object saying how its "
+                                             "score was made")
     output_fields: list[str] | None = Field(None, description="metadata fields to return with each hit")
     search_params: dict[str, Any] | None = Field(
         None, description='engine search parameters for the collection\'s index, e.g. {"ef": 128} for HNSW')
 
     def to_request(self, max_limit: int) -> SimilarRequest:
-        """The library's request: every field but the ``filter`` alias, the limit held to the service's maximum."""
-        fields = self.model_dump(exclude={"filter"})
+        """The library's request: the fields given (the library's defaults for the others), the
+        ``filter`` alias folded into ``filter_expr``, the limit held to the service's maximum."""
+        fields = self.model_dump(exclude={"filter", "recency"}, exclude_unset=True)
         fields["filter_expr"] = one_filter(self.filter_expr, self.filter)
         fields["limit"] = check_limit(self.limit, max_limit)
-        return SimilarRequest(**fields)
+        if self.recency is not None:
+            fields["recency"] = self.recency.model_dump(exclude_none=True)
+        return SimilarRequest(**{key: value for key, value in fields.items() if value is not None})
+
+
+class RetrieveSimilarBatchRequest(BaseModel):
+    """Many similarity queries in one call (``retrieve_similar_batch``)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"requests": [{"ids": ["a1"], "limit": 2, "exclude_ids": True},
+                      {"ids": ["a4"], "limit": 2, "exclude_ids": True}]},
+    ]})
+
+    requests: list[RetrieveSimilarRequest] = Field(
+        description="the queries, each the body of `retrieve_similar`; answered in this order",
+        min_length=1)
+
+    def to_requests(self, max_limit: int) -> list[SimilarRequest]:
+        """The library's requests, each limit held to the service's maximum."""
+        return [request.to_request(max_limit) for request in self.requests]
 
 
 class IndexRequest(BaseModel):
@@ -137,7 +224,11 @@ class Hit(BaseModel):
 
     id: str
     distance: float = Field(description="the metric's score: higher is closer for IP and COSINE, "
-                                        "lower for L2")
+                                        "lower for L2 (with `recency`: the similarity times the "
+                                        "decay factor)")
+    explain: dict[str, Any] | None = Field(
+        None, description="with `explain`: how the score was made (similarity, decay factor, MMR "
+                          "step, group value, nearest example)")
 
 
 class Document(BaseModel):
