@@ -383,7 +383,7 @@ def similar(
         metavar="exp|gauss|linear", help="The decay's shape (default: exp).",
         show_default=False)] = None,
     recency_origin: Annotated[float | None, typer.Option(
-        metavar="X", help="Where the decay starts (default: now).", show_default=False)] = None,
+        metavar="X", help="Where the decay starts (default: now, in Unix seconds).", show_default=False)] = None,
     recency_offset: Annotated[float | None, typer.Option(
         metavar="X", help="A distance from the origin with no decay (default: 0).",
         show_default=False)] = None,

@@ -93,7 +93,8 @@ class Recency(BaseModel):
     decay: float | None = Field(None, description="the factor at `scale`, in (0, 1) (default 0.5)")
     function: DecayFunction | None = Field(None, description="the decay's shape: exp (default), "
                                                              "gauss or linear")
-    origin: float | None = Field(None, description="where the factor is 1 (default: now)")
+    origin: float | None = Field(None, description="where the factor is 1 (default: now, in Unix "
+                                                   "seconds)")
     offset: float | None = Field(None, description="a distance from `origin` with no decay "
                                                    "(default 0)")
 

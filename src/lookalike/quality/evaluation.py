@@ -19,7 +19,8 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -226,6 +227,151 @@ def collection_recall(
                  **ann_recall(collection, queries=queries, k=k,
                               search_params=None if ef is None else {"ef": ef})}
                 for ef in efs]
+
+
+# --- beyond accuracy: what "more like this" shows a user -------------------------------------
+
+# The configurations of "more like this" compared: the plain ranking and each feature that
+# trades similarity to the query for variety (README, "Recommendations").
+BEYOND_CONFIGS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "group_by package": {"group_by": "package"},
+    "diversity 0.3": {"diversity": 0.3},
+    "diversity 0.6": {"diversity": 0.6},
+    "group_by + diversity 0.3": {"group_by": "package", "diversity": 0.3},
+}
+
+
+def intra_list_diversity(vectors: Any) -> float:
+    """1 − the mean cosine similarity over the distinct pairs of one list's items.
+
+    Microsoft Recommenders' ``user_diversity`` (after Ziegler et al. 2005, "Improving
+    Recommendation Lists Through Topic Diversification"), with the items' vectors as features.
+
+    Args:
+        vectors: the list's items, one vector per row (normalised here).
+
+    Returns:
+        A value in [0, 2]: 0 when every item points the same way.
+    """
+    matrix = np.asarray(vectors, dtype=np.float64)
+    if matrix.ndim != 2 or len(matrix) < 2:
+        raise InvalidInputError("intra-list diversity needs a list of at least two vectors")
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    if not np.all(norms > 0):
+        raise InvalidInputError("intra-list diversity needs non-zero vectors")
+    unit = matrix / norms
+    similarity = unit @ unit.T
+    pairs = np.triu_indices(len(unit), k=1)
+    return float(1.0 - similarity[pairs].mean())
+
+
+def mean_distinct(lists: Sequence[Sequence[Any]]) -> float:
+    """The mean number of distinct values per list (e.g. packages in each top 10)."""
+    if not lists:
+        raise InvalidInputError("no lists to count")
+    return float(np.mean([len(set(values)) for values in lists]))
+
+
+def catalogue_coverage(lists: Sequence[Sequence[Any]], catalogue_size: int) -> float:
+    """The share of the catalogue recommended at least once over all lists
+    (Microsoft Recommenders' ``catalog_coverage``)."""
+    if catalogue_size < 1:
+        raise InvalidInputError(f"catalogue_size must be >= 1, got {catalogue_size}")
+    return len({value for values in lists for value in values}) / catalogue_size
+
+
+def beyond_accuracy(
+    embedder: Embedder,
+    records: Sequence[dict],
+    queries: int = 500,
+    k: int = 10,
+    seed: int = 0,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
+    cache_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """What each configuration of "more like this" shows, beyond accuracy.
+
+    The records' descriptions go into a fresh embedded collection (a FLAT index, so the
+    figures are the features', not the ANN's); for ``queries`` packages picked at random
+    (``seed``), the query is the mean of the package's descriptions, its own descriptions
+    are excluded, and each configuration of :data:`BEYOND_CONFIGS` (or ``configs``) returns
+    its top ``k``.
+
+    Args:
+        embedder: the model.
+        records: DDTP records (see :mod:`lookalike.quality.corpus`); one package each.
+        queries: how many query packages (at most all of them).
+        k: the list length.
+        seed: picks the query packages.
+        configs: name → ``retrieve_similar`` parameters; None for :data:`BEYOND_CONFIGS`.
+        cache_dir: where vectors are kept between runs.
+
+    Returns:
+        One row per configuration: ``distinct_packages`` (mean per list),
+        ``intra_list_diversity`` (mean per list), ``coverage`` (distinct packages recommended
+        over all queries / packages in the catalogue), ``similarity`` (mean cosine of the hits
+        to the query: the cost), ``ms_per_query``.
+    """
+    from ..client import Client
+
+    configs = BEYOND_CONFIGS if configs is None else configs
+    docs = list(documents(records))
+    vectors = embed_texts(embedder, [d["text"] for d in docs], cache_dir=cache_dir)
+    row_of = {d["id"]: i for i, d in enumerate(docs)}
+    package_of = {d["id"]: d["package"] for d in docs}
+    catalogue = len(set(package_of.values()))
+    picked = np.random.default_rng(seed).choice(len(records), size=min(queries, len(records)),
+                                                replace=False)
+    query_ids = [[f"{records[i]['md5']}:{lang}" for lang in records[i]["texts"]] for i in picked]
+    # The query as the engine searches it: the normalised mean of the package's descriptions.
+    query_vectors = np.stack([vectors[[row_of[i] for i in ids]].mean(axis=0) for ids in query_ids])
+    query_vectors /= np.linalg.norm(query_vectors, axis=1, keepdims=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, Client(data_dir=tmp) as client:
+        collection = client.create_collection(
+            "eval_beyond", [{"name": "package", "type": "varchar", "max_length": 128}],
+            {"vec": {"index_type": "FLAT", "metric_type": "IP"}}, dim=int(embedder.dim))
+        collection.index({"id": d["id"], "vec": v, "package": d["package"]}
+                         for d, v in zip(docs, vectors, strict=True))
+        for name, parameters in configs.items():
+            requests = [{"ids": ids, "exclude_ids": True, "limit": k, **parameters}
+                        for ids in query_ids]
+            start = time.perf_counter()
+            found = collection.similar_batch(requests)
+            seconds = time.perf_counter() - start
+            hit_ids = [[hit["id"] for hit in hits] for hits in found]
+            packages = [[package_of[i] for i in ids] for ids in hit_ids]
+            lists = [vectors[[row_of[i] for i in ids]] for ids in hit_ids]
+            rows.append({
+                "model": embedder.name,
+                "config": name,
+                "parameters": dict(parameters),
+                "queries": len(query_ids),
+                "k": k,
+                "catalogue": catalogue,
+                "distinct_packages": round(mean_distinct(packages), 4),
+                "intra_list_diversity": round(float(np.mean(
+                    [intra_list_diversity(m) for m in lists if len(m) > 1])), 4),
+                "coverage": round(catalogue_coverage(packages, catalogue), 4),
+                "similarity": round(float(np.mean(
+                    [float((m @ q).mean()) for m, q in zip(lists, query_vectors, strict=True)
+                     if len(m)])), 4),
+                "ms_per_query": round(1000 * seconds / len(query_ids), 2),
+            })
+    return rows
+
+
+def format_beyond_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The beyond-accuracy rows as a plain-text table, one line per model and configuration."""
+    header = f"{'model':<8}{'more like this':<26}{'packages':>9}{'ILD':>7}{'coverage':>9}" \
+             f"{'sim':>7}{'ms/q':>7}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(f"{row['model']:<8}{row['config']:<26}{row['distinct_packages']:>9.2f}"
+                     f"{row['intra_list_diversity']:>7.3f}{row['coverage']:>9.3f}"
+                     f"{row['similarity']:>7.3f}{row['ms_per_query']:>7.1f}")
+    return "\n".join(lines)
 
 
 def evaluate(
