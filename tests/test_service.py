@@ -306,6 +306,167 @@ def test_bad_recommendation_values_are_400_naming_the_parameter(http, extra, par
     assert parameter in response.json()["detail"]
 
 
+# -- keywords and meaning together (issue 15): full-text fields and keyword/hybrid search -------
+
+NOTES = "/v1/ltlrt/collections/notes"
+FULL_TEXT_SCHEMA = {
+    "dim": 4,
+    "fields": [{"name": "language", "type": "varchar", "max_length": 16},
+               {"name": "text", "type": "varchar", "max_length": 512, "enable_analyzer": True}],
+    "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 16}},
+}
+WORDS = ["weather", "market", "football", "election", "concert", "harbour", "budget", "school"]
+
+
+@pytest.fixture(scope="module")
+def notes(http):
+    """Collection `notes`: a full-text field `text`, 20 documents whose words say nothing of their
+    vectors, and `rare`, the one that says "ICE 1127", with the opposite of d0's vector."""
+    created = http.put(NOTES, json=FULL_TEXT_SCHEMA, headers=auth())
+    assert created.status_code == 201, created.text
+    docs = [{**d, "text": f"news about the {WORDS[i % 8]} and the {WORDS[(i * 3 + 1) % 8]}"}
+            for i, d in enumerate(_docs(20, seed=7))]
+    for doc in docs:
+        del doc["year"]  # not a field of this collection
+    docs.append({"id": "rare", "vec": [-x for x in docs[0]["vec"]], "language": "de",
+                 "text": "the ICE 1127 to Hamburg is late"})
+    assert http.post(f"{NOTES}/documents", json={"documents": docs},
+                     headers=auth()).json() == {"indexed": 21}
+    return docs
+
+
+def test_put_declares_a_full_text_field(http, notes):
+    described = http.get(NOTES, headers=auth()).json()
+    text = next(f for f in described["fields"] if f["name"] == "text")
+    assert text["enable_analyzer"] is True and text["max_length"] == 512
+    assert [f["name"] for f in described["fields"]] == ["language", "text"]
+    # the description is the schema PUT takes back: the same collection again
+    again = http.put(NOTES, json={k: described[k] for k in ("dim", "fields", "indexes")},
+                     headers=auth())
+    assert again.status_code == 200, again.text
+    # the shape is the model's (422); the value is the engine's and the library's (400)
+    bad_shape = json.loads(json.dumps(FULL_TEXT_SCHEMA))
+    bad_shape["fields"][1]["enable_analyzer"] = "sometimes"
+    assert http.put("/v1/ltlrt/collections/ft_shape", json=bad_shape,
+                    headers=auth()).status_code == 422
+    bad_params = json.loads(json.dumps(FULL_TEXT_SCHEMA))
+    bad_params["fields"][1]["analyzer_params"] = {"tokenizer": "no_such_tokenizer"}
+    refused = http.put("/v1/ltlrt/collections/ft_refused", json=bad_params, headers=auth())
+    assert refused.status_code == 400, refused.text
+    assert "analyzer_params" in refused.json()["detail"]
+    assert "ft_refused" not in http.get("/v1/ltlrt/collections", headers=auth()).json()
+
+
+KEYWORD_BODIES = [
+    ({"keywords": "ICE 1127"}, {"keywords": "ICE 1127"}),
+    ({"ids": ["d1"], "keywords": "Hamburg", "fusion": "rrf", "fusion_k": 10,
+      "keywords_field": "text", "explain": True, "limit": 3},
+     {"ids": ["d1"], "keywords": "Hamburg", "fusion": "rrf", "fusion_k": 10,
+      "keywords_field": "text", "explain": True, "limit": 3}),
+    ({"vectors": [1, 0, 0, 0], "keywords": "Hamburg", "fusion": "weighted",
+      "fusion_weights": [0.7, 0.3], "filter_expr": "language == 'de'"},
+     {"vectors": [1.0, 0.0, 0.0, 0.0], "keywords": "Hamburg", "fusion": "weighted",
+      "fusion_weights": [0.7, 0.3], "filter_expr": "language == 'de'"}),
+]
+
+
+@pytest.mark.parametrize("body,expected", KEYWORD_BODIES)
+def test_the_body_passes_every_keyword_parameter_through(http, notes, similar_requests, body,
+                                                          expected):
+    from lookalike import SimilarRequest
+
+    response = http.post(f"{NOTES}/similar", json=body, headers=auth())
+    assert similar_requests == [SimilarRequest(**expected)]
+    assert response.status_code == 200, response.text
+
+
+def test_the_url_passes_keywords_and_fusion_through(http, notes, similar_requests):
+    from lookalike import SimilarRequest
+
+    params = {"ids": ["d0"], "keywords": "ICE 1127", "fusion": "weighted",
+              "fusion_weights": [0, 1], "keywords_field": "text", "limit": 1}
+    response = http.get(f"{NOTES}/similar", params=params, headers=auth())
+    assert response.status_code == 200, response.text
+    rrf = http.get(f"{NOTES}/similar", params={"ids": ["d0"], "keywords": "ICE 1127",
+                                               "fusion_k": 5, "explain": "true", "limit": 5},
+                   headers=auth())
+    assert similar_requests == [
+        SimilarRequest(ids=["d0"], keywords="ICE 1127", fusion="weighted",
+                       fusion_weights=[0.0, 1.0], keywords_field="text", limit=1),
+        SimilarRequest(ids=["d0"], keywords="ICE 1127", fusion_k=5, explain=True, limit=5)]
+    # weighted fusion with all the weight on the keywords is the keyword ranking
+    assert [h["id"] for h in response.json()] == ["rare"]
+    hits = rrf.json()
+    assert all(h["distance"] == pytest.approx(sum(
+        1 / (5 + h["explain"][r]["rank"]) for r in ("dense", "keywords") if r in h["explain"]))
+        for h in hits)
+
+
+def test_a_keyword_only_match_is_found_and_explained_over_http(http, notes):
+    def similar(**body):
+        response = http.post(f"{NOTES}/similar", json=body, headers=auth())
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert "rare" not in [h["id"] for h in similar(ids=["d0"], limit=5)]
+    assert similar(keywords="ICE 1127", limit=3)[0]["id"] == "rare"
+    hybrid = similar(ids=["d0"], keywords="ICE 1127", limit=5, explain=True,
+                     output_fields=["language"])
+    top = {h["id"]: h for h in hybrid[:2]}
+    assert set(top) == {"d0", "rare"}, hybrid
+    assert top["rare"]["explain"]["keywords"]["rank"] == 1 and top["rare"]["language"] == "de"
+    assert top["d0"]["explain"]["dense"]["rank"] == 1
+    # the filter applies to both routes
+    filtered = similar(ids=["d0"], keywords="ICE 1127", filter_expr="language == 'en'")
+    assert filtered and "rare" not in [h["id"] for h in filtered]
+    # the batch answers what each single call answers
+    requests = [{"keywords": "Hamburg", "limit": 2}, {"ids": ["d0"], "keywords": "ICE 1127",
+                                                       "limit": 3, "explain": True}]
+    batch = http.post(f"{NOTES}/similar/batch", json={"requests": requests}, headers=auth())
+    assert batch.status_code == 200, batch.text
+    assert batch.json() == [similar(**r) for r in requests]
+
+
+@pytest.mark.parametrize("extra,parameter", [
+    ({"keywords": "   "}, "keywords"),
+    ({"keywords": ""}, "keywords"),
+    ({"keywords": "x", "fusion": "max"}, "fusion"),
+    ({"keywords": "x", "fusion_k": 0}, "fusion_k"),
+    ({"keywords": "x", "fusion": "weighted", "fusion_weights": [1]}, "fusion_weights"),
+    ({"keywords": "x", "fusion": "weighted", "fusion_weights": [1, -1]}, "fusion_weights"),
+    ({"keywords": "x", "keywords_field": "language"}, "keywords_field"),
+    ({"keywords": "x", "keywords_field": "nowhere"}, "keywords_field"),
+])
+def test_bad_keyword_values_are_400_naming_the_parameter(http, notes, extra, parameter):
+    for url, body in ((f"{NOTES}/similar", {"ids": ["d1"], **extra}),
+                      (f"{NOTES}/similar/batch", {"requests": [{"ids": ["d1"], **extra}]})):
+        response = http.post(url, json=body, headers=auth())
+        assert response.status_code == 400, (url, response.text)
+        assert response.json()["error"] == "invalid_input"
+        assert parameter in response.json()["detail"]
+    in_url = http.get(f"{NOTES}/similar", params={"ids": ["d1"], **extra}, headers=auth())
+    assert in_url.status_code == 400 and parameter in in_url.json()["detail"], in_url.text
+
+
+def test_keywords_on_a_collection_without_a_full_text_field_are_400(http):
+    response = http.post(SIMILAR, json={"keywords": "x"}, headers=auth())
+    assert response.status_code == 400 and "keywords" in response.json()["detail"], response.text
+
+
+def test_the_openapi_document_states_the_keyword_fields(http):
+    document = http.get("/openapi.json").json()
+    schemas = document["components"]["schemas"]
+    body = schemas["RetrieveSimilarRequest"]["properties"]
+    for name in ("keywords", "fusion", "fusion_k", "fusion_weights", "keywords_field"):
+        assert body[name].get("description"), name
+    assert {"type": "string", "enum": ["rrf", "weighted"]} in body["fusion"]["anyOf"]
+    field = schemas["FieldDefinition"]["properties"]
+    assert field["enable_analyzer"]["description"] and field["analyzer_params"]["description"]
+    url = {p["name"]: p for p in document["paths"]["/v1/{codops}/collections/{name}/similar"]
+           ["get"]["parameters"]}
+    assert {"keywords", "fusion", "fusion_k", "fusion_weights", "keywords_field"} <= set(url)
+
+
 def test_documents_get_index_and_delete(http):
     got = http.get("/v1/ltlrt/collections/articles/documents",
                    params={"ids": ["d2", "missing", "d1"], "output_fields": ["year"]},

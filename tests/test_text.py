@@ -75,9 +75,15 @@ def test_text_needs_a_bound_model(client, name):
         col.index([{"id": "a", "text": "hello"}])
 
 
-def test_demo_runs_end_to_end_on_a_slice(tmp_path, capsys):
+def test_demo_runs_end_to_end_on_a_slice(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough that no package name wraps
     assert demo_main(["--limit", "25", "--data-dir", str(tmp_path), "--codops", "demo"]) == 0
     out = capsys.readouterr().out
     assert "More like" in out and "Free text (fr)" in out and "Time per step" in out
+    # "More like this" shows one hit per package: eight rows, eight packages.
+    table = out.split("More like", 1)[1].split("The same, restricted", 1)[0]
+    cells = [line.split("│") for line in table.splitlines() if line.startswith("│")]
+    packages = [row[2].strip() for row in cells if row[1].strip()]  # a row's first line has its distance
+    assert len(packages) == 8 and len(set(packages)) == 8
     assert demo_main(["--limit", "25", "--data-dir", str(tmp_path), "--codops", "demo"]) == 0
     assert "already indexed: reusing them" in capsys.readouterr().out

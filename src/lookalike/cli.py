@@ -3,7 +3,8 @@
 Every command is a thin shell over one library call of the same name (the table is in
 docs/cli.md and tests/test_cli.py): commands on one collection call the :class:`Collection`
 method they are named after, the ``collections`` commands the :class:`Client` method
-``<verb>_collection(s)``, ``export`` ``Collection.export`` and ``import`` ``Client.import_collection``. Options take the
+``<verb>_collection(s)``, ``export`` ``Collection.export``, ``import`` ``Client.import_collection``
+and ``search`` (keywords and meaning from one string) ``Collection.similar``. Options take the
 library's parameter names (``--filter-expr``, ``--output-fields``; the short ``--filter`` and
 ``--fields`` are aliases).
 
@@ -178,6 +179,30 @@ BatchSizeOption = Annotated[int, typer.Option(metavar="N", help="Documents at a 
 FilterOption = Annotated[str | None, typer.Option(
     "--filter-expr", "--filter", metavar="EXPR",
     help="Milvus boolean expression on metadata, e.g. \"language == 'fr'\".", show_default=False)]
+
+
+# Keyword and hybrid search (``similar`` and ``search``): the library's fusion parameters.
+FusionOption = Annotated[str | None, typer.Option(
+    metavar="rrf|weighted", help="How the meaning and keyword rankings are fused (default: rrf, "
+                                 "reciprocal rank fusion).", show_default=False)]
+FusionKOption = Annotated[int | None, typer.Option(
+    metavar="N", help="RRF's constant: each route adds 1/(N + rank) (default: 60).",
+    show_default=False)]
+FusionWeightsOption = Annotated[str | None, typer.Option(
+    metavar="W,W", help="With --fusion weighted: the weights of meaning and keywords, e.g. 0.7,0.3.",
+    show_default=False)]
+KeywordsFieldOption = Annotated[str | None, typer.Option(
+    metavar="FIELD", help="The full-text field the keywords are matched in (needed only when the "
+                          "collection has several).", show_default=False)]
+
+
+def _fusion(fusion: str | None, fusion_k: int | None, fusion_weights: str | None,
+            keywords_field: str | None) -> dict[str, Any]:
+    """The fusion options given, by the library's parameter names (the library checks them)."""
+    return {key: value for key, value in {
+        "fusion": fusion, "fusion_k": fusion_k,
+        "fusion_weights": _numbers(fusion_weights, "--fusion-weights"),
+        "keywords_field": keywords_field}.items() if value is not None}
 
 
 def _split(fields: str | None) -> list[str] | None:
@@ -399,11 +424,19 @@ def similar(
         "--search-param", metavar="KEY=VALUE",
         help="A parameter of the index's search (e.g. nprobe=32 for IVF), repeatable; VALUE "
              "is read as JSON when it parses.", show_default=False)] = None,
+    keywords: Annotated[str | None, typer.Option(
+        metavar="TEXT", help="Words to match in the full-text field (BM25); beside --id, "
+                             "--vector-file or --text: a hybrid search of both, fused.",
+        show_default=False)] = None,
+    fusion: FusionOption = None,
+    fusion_k: FusionKOption = None,
+    fusion_weights: FusionWeightsOption = None,
+    keywords_field: KeywordsFieldOption = None,
     explain: Annotated[bool, typer.Option(
         "--explain", help="Show how each hit's score was made.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Print the documents most similar to ids, vectors or texts, best first."""
+    """Print the documents most similar to ids, vectors or texts, or matching keywords, best first."""
     vectors = fileio.read_vectors(vector_file) if vector_file is not None else None
     # Only the options given travel: the library's defaults stay the library's.
     given = {key: value for key, value in {
@@ -415,6 +448,8 @@ def similar(
         "min_score": min_score, "explain": explain or None,
         "exclude_ids": _exclusions(exclude_ids, exclude_id or [], exclude_ids_file,
                                    [*(id or []), *(negative_id or [])]),
+        "keywords": keywords,
+        **_fusion(fusion, fusion_k, fusion_weights, keywords_field),
     }.items() if value is not None}
     hits = _client(ctx).collection(name).similar(SimilarRequest(
         ids=id or None, vectors=vectors, texts=text or None, filter_expr=filter_expr,
@@ -429,7 +464,7 @@ def similar_batch(
     name: NameArg,
     file: Annotated[Path, typer.Argument(
         metavar="FILE", help="JSON Lines: one request a line, a JSON object of similar's "
-                             "parameters (ids, limit, exclude_ids, group_by, ...); - for stdin.",
+                             "parameters (ids, keywords, limit, exclude_ids, group_by, ...); - for stdin.",
         show_default=False)],
     as_json: JsonFlag = False,
 ) -> None:
@@ -444,6 +479,42 @@ def similar_batch(
     for number, hits in enumerate(results, start=1):
         out.print(f"Request {number}:", style="bold")
         _print_documents(hits, False)
+
+
+@_command(app, "search")
+def search(
+    ctx: typer.Context,
+    name: NameArg,
+    text: Annotated[str, typer.Argument(
+        metavar="TEXT", help="Free text: its words are matched in the full-text field and, with "
+                             "an embedder, its meaning is searched too.", show_default=False)],
+    fusion: FusionOption = None,
+    fusion_k: FusionKOption = None,
+    fusion_weights: FusionWeightsOption = None,
+    keywords_field: KeywordsFieldOption = None,
+    filter_expr: FilterOption = None,
+    limit: Annotated[int, typer.Option(metavar="N", help="How many results.")] = 10,
+    output_fields: OutputFieldsOption = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="Show each route's rank and score beside the fused score.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Search by keywords and meaning from one string (a hybrid search, fused), best first.
+
+    The text is the query's ``keywords``; on a collection with an embedder it is also its one
+    ``texts`` entry, so both routes run and their rankings are fused (--fusion). Without an
+    embedder it is a keyword search alone.
+    """
+    collection = _client(ctx).collection(name)
+    given = {key: value for key, value in {
+        "texts": [text] if collection.spec.embedder else None,
+        "explain": explain or None,
+        **_fusion(fusion, fusion_k, fusion_weights, keywords_field),
+    }.items() if value is not None}
+    hits = collection.similar(SimilarRequest(
+        keywords=text, filter_expr=filter_expr, limit=limit,
+        output_fields=_split(output_fields), **given))
+    _print_documents(hits, as_json)
 
 
 @_command(app, "delete")
@@ -833,8 +904,23 @@ def _print_documents(documents: list[dict[str, Any]], as_json: bool) -> None:
     columns = list(dict.fromkeys(key for doc in documents for key in doc))
     table = Table(*columns)
     for doc in documents:
-        table.add_row(*(_cell(doc.get(column)) for column in columns))
+        table.add_row(*(_explained(doc.get(column)) if column == "explain"
+                        else _cell(doc.get(column)) for column in columns))
     out.print(table)
+
+
+def _explained(explain: Any) -> str:
+    """A hit's ``explain``, one part a line: a search route as ``dense: #2, 0.8123`` (its rank
+    and its own score, before fusion), any other part as ``similarity: 0.8123``."""
+    if not isinstance(explain, dict):
+        return _cell(explain)
+    lines = []
+    for key, value in explain.items():
+        if isinstance(value, dict) and "rank" in value:
+            lines.append(f"{key}: #{value['rank']}, {_cell(value.get('score'))}")
+        else:
+            lines.append(f"{key}: {_cell(value)}")
+    return "\n".join(lines)
 
 
 def _cell(value: Any) -> str:
@@ -864,6 +950,8 @@ def _print_description(description: dict[str, Any]) -> None:
         indexed = description["indexes"].get(field["name"], "")
         label = "default" if field["name"] in description["indexes"] and indexed is None else (
             indexed.get("index_type", "") if isinstance(indexed, dict) else "")
+        if field.get("enable_analyzer"):  # the BM25 index lookalike keeps behind the field
+            label = ", ".join(filter(None, [label, "full-text"]))
         table.add_row(field["name"], kind, label)
     out.print(table)
 

@@ -1,14 +1,18 @@
-"""Similar items out: resolve the query (ids, vectors or texts) to one vector, search, shape results."""
+"""Similar items out: resolve the query (ids, vectors or texts) to one vector, search, shape results.
+
+With ``keywords``, a full-text (BM25) search too: alone, it is the query; beside ids, vectors or
+texts, both routes are searched and fused (``fusion.py``) before the later stages."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import fusion as fusing
 from . import recommend
 from .documents import MIN_COSINE_NORM, as_vector, check_ids, id_filter
 from .errors import InvalidInputError, NotFoundError
@@ -195,6 +199,13 @@ class SimilarRequest:
         min_score: drop hits scoring below it (above it for L2).
         offset: hits (or groups, with ``group_by``) skipped, for paging; ``offset + limit`` ≤ 16384.
         explain: each hit gets an ``explain`` dict saying how its score was made.
+        keywords: words searched in a full-text field (BM25): alone, a keyword search; beside
+            ids, vectors or texts, both routes searched and fused.
+        fusion: how the two routes are fused: ``"rrf"`` (Σ 1/(fusion_k + rank)) or
+            ``"weighted"`` (``fusion_weights`` over per-route normalised scores).
+        fusion_k: RRF's constant, an integer ≥ 1 (60, as Milvus's RRFRanker).
+        fusion_weights: ``[meaning, keywords]``, each ≥ 0, for ``fusion="weighted"`` (default [1, 1]).
+        keywords_field: the full-text field searched (needed only when there are several).
     """
 
     ids: Sequence[str] | None = None
@@ -216,6 +227,11 @@ class SimilarRequest:
     min_score: float | None = None
     offset: int = 0
     explain: bool = False
+    keywords: str | None = None
+    fusion: str = "rrf"
+    fusion_k: int = 60
+    fusion_weights: Sequence[float] | None = None
+    keywords_field: str | None = None
 
     @classmethod
     def of(cls, request: SimilarRequest | Mapping[str, Any] | None = None, **parameters: Any) -> SimilarRequest:
@@ -275,19 +291,23 @@ class _Plan:
     min_score: float | None
     diversity: float | None
     rescored: bool  # a stage reorders the candidates (a pool is fetched)
+    keywords: str | None = None  # the keyword route's query (None: no keyword route)
+    keywords_field: str | None = None
+    fusion: fusing.Fusion | None = None
 
     @property
     def key(self) -> tuple[Any, ...] | None:
         """Plans with the same key share one engine call (None: this one fetches alone)."""
-        if self.excluded:
+        if self.excluded or not self.queries:
             return None
         return (self.expr, self.fetch, tuple(self.wanted), repr(sorted(self.params["params"].items())))
 
 
 class SimilarQuery:
     """Resolves the query of ``retrieve_similar`` and runs it on one collection: the stages of
-    :mod:`lookalike.recommend` in order (filter and exclusions → candidates from the index →
-    recency → ``min_score`` → group caps → MMR → ``offset``/``limit``)."""
+    :mod:`lookalike.recommend` in order (filter and exclusions → candidates from the index, and
+    with ``keywords`` from the full-text field, fused → recency → ``min_score`` → group caps → MMR
+    → ``offset``/``limit``)."""
 
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
@@ -313,7 +333,7 @@ class SimilarQuery:
         shared: dict[Any, list[int]] = {}
         for position, plan in enumerate(plans):
             if plan.key is None:
-                fetched[position] = [self.fetch_excluding(plan, query) for query in plan.queries]
+                fetched[position] = [self.fetch_dense(plan, query) for query in plan.queries]
             else:
                 shared.setdefault(plan.key, []).append(position)
         for positions in shared.values():
@@ -323,7 +343,9 @@ class SimilarQuery:
                                       first.request.filter_expr)
             for i in positions:
                 fetched[i], hits = hits[: len(plans[i].queries)], hits[len(plans[i].queries):]
-        return [self.finish(plan, hits) for plan, hits in zip(plans, fetched, strict=True)]  # type: ignore[arg-type]
+        keyword_hits = [self.fetch_keywords(plan) if plan.keywords is not None else None for plan in plans]
+        return [self.finish(plan, hits, words)  # type: ignore[arg-type]
+                for plan, hits, words in zip(plans, fetched, keyword_hits, strict=True)]
 
     # -- checking --------------------------------------------------------------------------
 
@@ -335,16 +357,27 @@ class SimilarQuery:
             raise InvalidInputError(f"strategy must be one of {', '.join(recommend.STRATEGIES)}, not {shown(strategy)}")
         negative_ids = check_ids(r.negative_ids, "negative_ids") if r.negative_ids is not None else []
         given = [name for name in ("ids", "vectors", "texts") if getattr(r, name) is not None]
-        if len(given) > 1 or (not given and not (negative_ids and strategy == "best_score")):
+        keywords = fusing.check_keywords(r.keywords) if r.keywords is not None else None
+        fusion = fusing.check_fusion(r.fusion, r.fusion_k, r.fusion_weights)
+        dense = bool(given) or bool(negative_ids and strategy == "best_score")  # a vector route
+        if len(given) > 1 or (not dense and (keywords is None or negative_ids)):
             if negative_ids and not given:
                 raise InvalidInputError(
                     f"strategy 'average_vector' needs positive examples (ids, vectors or texts) beside "
                     f"negative_ids = {shown(negative_ids)}; strategy='best_score' takes negatives alone"
                 )
             raise InvalidInputError(
-                "retrieve_similar needs exactly one of ids, vectors or texts"
+                "retrieve_similar needs exactly one of ids, vectors or texts, or keywords"
                 + (f" (got {' and '.join(given)})" if given else "")
             )
+        if keywords is not None:
+            # the engine first: on a server without full-text search, no collection has a full-text field
+            self.collection.engine.check_full_text("keywords")
+            field_searched = fusing.keywords_field(self.spec, r.keywords_field)
+        elif r.keywords_field is not None:
+            raise InvalidInputError(f"keywords_field = {shown(r.keywords_field)} needs keywords beside it")
+        else:
+            field_searched = None
         limit = check_limit(r.limit)
         offset = r.offset
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
@@ -374,9 +407,14 @@ class SimilarQuery:
             raise InvalidInputError(f"min_score must be a number, not {shown(min_score)}")
         if not isinstance(r.explain, bool):
             raise InvalidInputError(f"explain must be true or false, not {shown(r.explain)}")
+        if keywords is not None and diversity is not None:
+            # MMR trades a hit's score against its similarity to those chosen: a fused or BM25
+            # score is on another scale than a vector similarity.
+            raise InvalidInputError(f"diversity = {shown(diversity)} does not combine with keywords")
         recency = recommend.check_recency(self.spec, r.recency)
         shown_group = group_size if r.group_by is not None else 1
-        rescored = bool(recency or r.group_by is not None or diversity is not None or strategy == "best_score")
+        rescored = bool(recency or r.group_by is not None or diversity is not None or strategy == "best_score"
+                        or keywords is not None)
         candidates = r.candidates
         if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int)
                                        or not offset + limit <= candidates <= MAX_LIMIT):
@@ -426,8 +464,10 @@ class SimilarQuery:
         if strategy == "best_score":
             queries = [self.unit(v) for v in (*matrix, *negatives)]
             labels = [*labels, *negative_ids]
-        else:
+        elif dense:
             queries = [recommend.query_vector(matrix, negatives, weights, self.spec.metric)]
+        else:  # keywords alone
+            queries = []
         wanted = list(fields)
         for extra in (r.group_by, recency.field if recency else None,
                       VECTOR_FIELD if diversity is not None or strategy == "best_score" else None):
@@ -442,6 +482,7 @@ class SimilarQuery:
             labels=labels, expr=expr, excluded=frozenset(() if short else excluded), fetch=fetch,
             fields=fields, wanted=wanted, params=params, limit=limit, offset=offset, recency=recency,
             min_score=min_score, diversity=None if diversity is None else float(diversity), rescored=rescored,
+            keywords=keywords, keywords_field=field_searched, fusion=fusion if keywords is not None else None,
         )
 
     def unit(self, vector: np.ndarray) -> np.ndarray:
@@ -463,8 +504,41 @@ class SimilarQuery:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    def fetch_excluding(self, plan: _Plan, query: np.ndarray) -> list[dict[str, Any]]:
-        """``plan.fetch`` hits of ``query`` none of which is in the long exclusion list.
+    def fetch_dense(self, plan: _Plan, query: np.ndarray) -> list[dict[str, Any]]:
+        """``plan.fetch`` nearest neighbours of ``query``, none of them in the long exclusion list."""
+
+        def search(expr: str, size: int) -> list[dict[str, Any]]:
+            params = search_params_for(self.spec, plan.request.search_params, size, wide=True)
+            return self.engine_search([query], expr, size, plan.wanted, params, plan.request.filter_expr)[0]
+
+        return self.fetch_excluding(plan, search)
+
+    def fetch_keywords(self, plan: _Plan) -> list[dict[str, Any]]:
+        """The keyword route: ``plan.fetch`` best BM25 hits of ``plan.keywords``, with the same
+        filter and exclusions as the vector route."""
+
+        def search(expr: str, size: int) -> list[dict[str, Any]]:
+            # the keyword route needs no vectors (diversity, which would, is refused with keywords)
+            wanted = [f for f in plan.wanted if f != VECTOR_FIELD or f in plan.fields]
+            try:
+                hits = self.collection.engine.keyword_search(
+                    self.collection.name, texts=[plan.keywords or ""], field=plan.keywords_field or "",
+                    filter=expr, limit=size, output_fields=wanted or [ID_FIELD],
+                )
+            except InvalidInputError as exc:
+                if plan.request.filter_expr:
+                    raise InvalidInputError(f"filter_expr {plan.request.filter_expr!r} was rejected: {exc}") from None
+                raise
+            return _rows(hits, wanted)[0]
+
+        if not plan.excluded:
+            return search(plan.expr, plan.fetch)
+        return self.fetch_excluding(plan, search)
+
+    def fetch_excluding(
+        self, plan: _Plan, search: Callable[[str, int], list[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """``plan.fetch`` hits of ``search(expr, size)`` none of which is in the long exclusion list.
 
         Over-fetches and drops the excluded ids here, the over-fetch growing while too many of
         them were among the hits; past a few times ``need`` (returning thousands of hits costs
@@ -477,8 +551,7 @@ class SimilarQuery:
         cap = min(MAX_LIMIT, need + len(excluded), max(OVERFETCH_FACTOR * need, OVERFETCH_MIN))
         while True:
             expr = combine_filters(plan.expr, id_filter(pushed, negate=True) if pushed else None)
-            params = search_params_for(self.spec, plan.request.search_params, size, wide=True)
-            hits = self.engine_search([query], expr, size, plan.wanted, params, plan.request.filter_expr)[0]
+            hits = search(expr, size)
             kept = [hit for hit in hits if hit["id"] not in excluded]
             if len(kept) >= need or len(hits) < size:
                 return kept[:need]
@@ -507,21 +580,14 @@ class SimilarQuery:
             if filter_expr:
                 raise InvalidInputError(f"filter_expr {filter_expr!r} was rejected: {exc}") from None
             raise
-        out = []
-        for per_query in hits:
-            rows = []
-            for hit in per_query:
-                entity = hit.get("entity") or {}
-                row = {name: entity.get(name) for name in wanted}
-                row["id"], row["distance"] = hit.get("id", entity.get(ID_FIELD)), float(hit["distance"])
-                rows.append(row)
-            out.append(rows)
-        return out
+        return _rows(hits, wanted)
 
     # -- the stages ------------------------------------------------------------------------
 
-    def finish(self, plan: _Plan, per_query: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        """The stages after the engine, in the documented order, over the fetched candidates."""
+    def finish(self, plan: _Plan, per_query: list[list[dict[str, Any]]],
+               keyword_hits: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The stages after the engine, in the documented order, over the fetched candidates
+        (with ``keyword_hits``, the keyword route's, fused with the vector route's first)."""
         r, metric = plan.request, self.spec.metric
         # candidates: one query's hits, or for best_score the union of every example's
         rows: dict[str, dict[str, Any]] = {}
@@ -550,6 +616,10 @@ class SimilarQuery:
             scores = self.sign * np.asarray([row["distance"] for row in cand], dtype=np.float64)
             for i in range(n):
                 explain[i]["similarity"] = cand[i]["distance"]
+        sign = self.sign
+        if keyword_hits is not None:  # fused scores (or BM25's alone): higher is better
+            cand, scores, explain = self.fuse(plan, cand, scores, keyword_hits)
+            n, sign = len(cand), 1.0
         if plan.recency is not None:
             values = [row[plan.recency.field] for row in cand]
             factors = recommend.decay_factors(np.asarray([np.nan if v is None else v for v in values]), plan.recency)
@@ -559,7 +629,7 @@ class SimilarQuery:
                 explain[i]["decay"] = float(factors[i])
         order = [int(i) for i in np.argsort(-scores, kind="stable")]
         if plan.min_score is not None:
-            order = [i for i in order if scores[i] >= self.sign * plan.min_score]
+            order = [i for i in order if scores[i] >= sign * plan.min_score]
         groups = [row.get(r.group_by) for row in cand] if r.group_by is not None else None
         if groups is not None:
             order = recommend.cap_groups(order, groups, r.group_size)
@@ -570,9 +640,36 @@ class SimilarQuery:
         for i in chosen:
             if groups is not None:
                 explain[i]["group"] = groups[i]
-            explain[i]["score"] = float(self.sign * scores[i])
-            out.append(self.shape(plan, {**cand[i], "distance": float(self.sign * scores[i])}, explain[i]))
+            explain[i]["score"] = float(sign * scores[i])
+            out.append(self.shape(plan, {**cand[i], "distance": float(sign * scores[i])}, explain[i]))
         return out
+
+    def fuse(self, plan: _Plan, cand: list[dict[str, Any]], scores: np.ndarray,
+             keyword_hits: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray, list[dict[str, Any]]]:
+        """The vector route's candidates (``scores`` higher is better) and the keyword route's
+        hits fused into one candidate list with its scores and ``explain`` entries.
+
+        Keywords alone: the BM25 scores as they are. Both: ``plan.fusion`` over the two routes'
+        ranks (RRF) or normalised scores (weighted), see :mod:`lookalike.fusion`."""
+        rows = {row["id"]: row for row in keyword_hits}
+        rows.update({row["id"]: row for row in cand})  # the vector route's row carries its vector
+        routes = []
+        if plan.queries:
+            order = [int(i) for i in np.argsort(-scores, kind="stable")]
+            # a route's score as its engine gives it (an L2 distance stays a distance);
+            # best_score's scores, in (-1, 1), normalise as cosines do
+            metric = "COSINE" if plan.request.strategy == "best_score" else self.spec.metric
+            routes.append(fusing.Route("dense", [cand[i]["id"] for i in order],
+                                       [float(self.sign * scores[i]) for i in order], metric))
+        routes.append(fusing.Route("keywords", [row["id"] for row in keyword_hits],
+                                   [row["distance"] for row in keyword_hits], "BM25"))
+        if not plan.queries:  # keywords alone: nothing to fuse, the BM25 ranking is the ranking
+            fused = [(row["id"], row["distance"], {"keywords": {"rank": rank, "score": row["distance"]}})
+                     for rank, row in enumerate(keyword_hits, start=1)]
+        else:
+            fused = fusing.fuse(routes, plan.fusion or fusing.Fusion())
+        return ([rows[hit] for hit, _, _ in fused], np.asarray([score for _, score, _ in fused], dtype=np.float64),
+                [dict(origins) for _, _, origins in fused])
 
     def diversify(self, plan: _Plan, order: list[int], scores: np.ndarray, vectors: np.ndarray,
                   groups: list[Any] | None, explain: list[dict[str, Any]]) -> list[int]:
@@ -622,3 +719,17 @@ class SimilarQuery:
         if plan.request.explain:
             out["explain"] = explain
         return out
+
+
+def _rows(hits: list[list[dict[str, Any]]], wanted: list[str]) -> list[list[dict[str, Any]]]:
+    """An engine's hits as rows ``{'id', 'distance', <wanted fields>}``, per query."""
+    out = []
+    for per_query in hits:
+        rows = []
+        for hit in per_query:
+            entity = hit.get("entity") or {}
+            row = {name: entity.get(name) for name in wanted}
+            row["id"], row["distance"] = hit.get("id", entity.get(ID_FIELD)), float(hit["distance"])
+            rows.append(row)
+        out.append(rows)
+    return out

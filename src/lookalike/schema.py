@@ -24,6 +24,9 @@ ID_MAX_LENGTH = 512
 DEFAULT_DIM = 768
 MAX_DIM = 32768
 SPEC_PROPERTY = "lookalike.spec"
+# A full-text field's BM25 output: a sparse vector field and the function that fills it, named
+# after the field by this suffix (the user never names them; field names may not end with it).
+FULL_TEXT_SUFFIX = "__bm25"
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 
@@ -89,6 +92,11 @@ def validate_name(name: object, what: str = "collection name") -> str:
     return name
 
 
+def sparse_field(name: str) -> str:
+    """The sparse vector field that holds the BM25 terms of the full-text field ``name``."""
+    return name + FULL_TEXT_SUFFIX
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """One metadata field."""
@@ -96,6 +104,9 @@ class FieldSpec:
     name: str
     type: str  # a key of FIELD_TYPES
     max_length: int | None = None  # VARCHAR only, in characters
+    # full-text search (VARCHAR only): the engine analyses the text into BM25 terms
+    enable_analyzer: bool = False
+    analyzer_params: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property
     def dtype(self) -> DataType:
@@ -105,10 +116,18 @@ class FieldSpec:
         out: dict[str, Any] = {"name": self.name, "type": self.type}
         if self.max_length is not None:
             out["max_length"] = self.max_length
+        if self.enable_analyzer:
+            out["enable_analyzer"] = True
+        if self.analyzer_params is not None:
+            out["analyzer_params"] = json.loads(json.dumps(self.analyzer_params))
         return out
 
     def to_milvus(self) -> FieldSchema:
-        extra = {"max_length": self.max_length} if self.max_length is not None else {}
+        extra: dict[str, Any] = {"max_length": self.max_length} if self.max_length is not None else {}
+        if self.enable_analyzer:
+            extra["enable_analyzer"] = True
+            if self.analyzer_params is not None:
+                extra["analyzer_params"] = dict(self.analyzer_params)
         return FieldSchema(name=self.name, dtype=self.dtype, **extra)
 
 
@@ -145,6 +164,11 @@ class CollectionSpec:
     @property
     def field_names(self) -> list[str]:
         return [ID_FIELD, VECTOR_FIELD, *(f.name for f in self.fields)]
+
+    @property
+    def full_text_fields(self) -> list[str]:
+        """The fields searched by keywords (declared with ``enable_analyzer``)."""
+        return [f.name for f in self.fields if f.enable_analyzer]
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict that :func:`spec_from_json` turns back into this spec."""
@@ -197,8 +221,9 @@ def build_spec(
     """Validate a create_collection request and return its spec.
 
     ``fields`` are pymilvus ``FieldSchema`` objects or JSON dicts ``{"name", "type",
-    "max_length"}``; ``indexes`` maps a field to its index parameters (``None``: the default scalar
-    index); ``vec`` defaults to HNSW/IP when it is not named.
+    "max_length", "enable_analyzer", "analyzer_params"}`` (``enable_analyzer=True`` on a varchar:
+    a full-text field, searched by ``keywords``); ``indexes`` maps a field to its index
+    parameters (``None``: the default scalar index); ``vec`` defaults to HNSW/IP when it is not named.
     """
     dim = _check_dim(dim)
     if isinstance(fields, (str, bytes, Mapping)) or not isinstance(fields, Iterable):
@@ -307,8 +332,11 @@ def _check_dim(dim: Any) -> int:
 
 
 def _field_spec(source: FieldSchema | Mapping[str, Any] | FieldSpec, position: int) -> FieldSpec:
+    analyzer: Any = False
+    analyzer_params: Any = None
     if isinstance(source, FieldSpec):
         name, type_name, max_length = source.name, source.type, source.max_length
+        analyzer, analyzer_params = source.enable_analyzer, source.analyzer_params
     elif isinstance(source, FieldSchema):
         name = source.name
         if getattr(source, "is_primary", False):
@@ -318,6 +346,13 @@ def _field_spec(source: FieldSchema | Mapping[str, Any] | FieldSpec, position: i
             raise InvalidInputError(f"field {name!r}: type {source.dtype.name} is not supported "
                                     f"(supported: {', '.join(FIELD_TYPES)})")
         max_length = source.params.get("max_length")
+        analyzer = source.params.get("enable_analyzer", False)
+        analyzer_params = source.params.get("analyzer_params")
+        if isinstance(analyzer_params, str):  # pymilvus keeps what it was given; a JSON text is fine
+            try:
+                analyzer_params = json.loads(analyzer_params)
+            except ValueError:
+                pass  # refused below, as not a dict
     elif isinstance(source, Mapping):
         name = source.get("name")
         raw = str(source.get("type", "")).lower()
@@ -326,7 +361,9 @@ def _field_spec(source: FieldSchema | Mapping[str, Any] | FieldSpec, position: i
             raise InvalidInputError(f"field {shown(name)}: unknown type {shown(source.get('type'))} "
                                     f"(supported: {', '.join(FIELD_TYPES)})")
         max_length = source.get("max_length")
-        extra = set(source) - {"name", "type", "max_length"}
+        analyzer = source.get("enable_analyzer", False)
+        analyzer_params = source.get("analyzer_params")
+        extra = set(source) - {"name", "type", "max_length", "enable_analyzer", "analyzer_params"}
         if extra:
             raise InvalidInputError(
                 f"field {shown(name)}: unknown key(s) {', '.join(shown(k) for k in sorted(extra, key=str))}"
@@ -338,6 +375,10 @@ def _field_spec(source: FieldSchema | Mapping[str, Any] | FieldSpec, position: i
     validate_name(name, f"fields[{position}] name")
     if name in (ID_FIELD, VECTOR_FIELD):
         raise InvalidInputError(f"field {name!r} is reserved: every collection has 'id' and 'vec' already")
+    if name.endswith(FULL_TEXT_SUFFIX):
+        raise InvalidInputError(
+            f"field {name!r}: names ending in {FULL_TEXT_SUFFIX!r} are reserved for full-text search's own fields"
+        )
     if type_name == "varchar":
         if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_VARCHAR:
             raise InvalidInputError(
@@ -347,7 +388,35 @@ def _field_spec(source: FieldSchema | Mapping[str, Any] | FieldSpec, position: i
         raise InvalidInputError(
             f"field {name!r}: max_length applies to varchar only (got max_length={shown(max_length)} on {type_name})"
         )
-    return FieldSpec(name, type_name, max_length)
+    analyzer, analyzer_params = _check_analyzer(name, type_name, analyzer, analyzer_params)
+    return FieldSpec(name, type_name, max_length, analyzer, analyzer_params)
+
+
+def _check_analyzer(name: str, type_name: str, enable: Any, params: Any) -> tuple[bool, dict[str, Any] | None]:
+    """A full-text declaration's shape; what an analyser's parameters mean is the engine's to
+    judge when the collection is created (each engine knows its own analysers)."""
+    if not isinstance(enable, bool):
+        raise InvalidInputError(f"field {name!r}: enable_analyzer must be true or false, not {shown(enable)}")
+    if enable and type_name != "varchar":
+        raise InvalidInputError(
+            f"field {name!r}: enable_analyzer (full-text search) applies to varchar fields only, not {type_name}"
+        )
+    if params is None:
+        return enable, None
+    if not enable:
+        raise InvalidInputError(
+            f"field {name!r}: analyzer_params = {shown(params)} needs enable_analyzer=True beside it"
+        )
+    try:
+        ok = isinstance(params, Mapping) and isinstance(json.loads(json.dumps(params)), dict)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidInputError(
+            f"field {name!r}: analyzer_params must be a JSON object such as {{'tokenizer': 'standard'}}, "
+            f"not {shown(params)}"
+        )
+    return enable, json.loads(json.dumps(params))
 
 
 def spec_from_description(description: Mapping[str, Any], indexes: Mapping[str, Mapping[str, Any]]) -> CollectionSpec:

@@ -130,6 +130,40 @@ class Engine(ABC):
         """
 
     @abstractmethod
+    def check_full_text(self, what: str) -> None:
+        """Raise ``InvalidInputError`` naming ``what`` (e.g. ``"keywords"``) and the engine's
+        version if the engine has no full-text search; an engine that has it returns."""
+
+    @abstractmethod
+    def keyword_search(
+        self,
+        name: str,
+        *,
+        texts: Sequence[str],
+        field: str,
+        filter: str,  # noqa: A002 - the engines' own keyword
+        limit: int,
+        output_fields: list[str],
+    ) -> list[list[dict[str, Any]]]:
+        """Full-text (BM25) search of each text of ``texts`` in the full-text field ``field``
+        (declared with ``enable_analyzer``; the engine analyses the text as it analysed the field).
+
+        Args:
+            texts: the keywords, one query each.
+            field: a full-text field of the collection's spec.
+            filter: a filter expression, or "" for none.
+            limit: hits per query.
+            output_fields: fields to return in each hit's ``entity`` (never empty).
+
+        Returns:
+            Per query, hits ``{'id', 'distance', 'entity'}``, ``distance`` the BM25 score, best
+            (highest) first; documents sharing no term with the text are not hits.
+
+        Raises:
+            InvalidInputError: the engine has no full-text search (a server before Milvus 2.5).
+        """
+
+    @abstractmethod
     def count(self, name: str, expr: str = "") -> int:
         """How many documents match ``expr`` ("" for all)."""
 

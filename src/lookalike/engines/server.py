@@ -11,7 +11,9 @@ What is particular to a server, and lives only here:
 - Milvus 2.3.5 persists the value an ``alter_collection_properties`` replaces, not the new one:
   the spec is written twice;
 - idempotent reads are retried with backoff while the server is unreachable, so a server
-  restart does not need a client restart.
+  restart does not need a client restart;
+- full-text search (a BM25 function into a sparse field) needs Milvus 2.5: an older server is
+  refused with its version named, a newer one gets the calls of pymilvus's 2.5+ API.
 
 Thread safety is the server's: each call is one request.
 """
@@ -21,33 +23,40 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from ..config import Settings
 from ..documents import id_filter
-from ..errors import EngineUnavailableError, LookalikeError
+from ..errors import EngineUnavailableError, InvalidInputError, LookalikeError
 from ..schema import (
     ID_FIELD,
     ID_MAX_LENGTH,
     SPEC_PROPERTY,
     VECTOR_FIELD,
     CollectionSpec,
+    sparse_field,
     spec_from_description,
     spec_loads,
 )
 from .base import Engine
-from .errors import translate_engine_error
+from .errors import redact_uri, translate_engine_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Deleted rows stay visible to Session reads on a 2.3 server for 0.2-0.5 s (measured).
 STRONG_AFTER_DELETE_SECONDS = 2.0
+
+# The first Milvus with full-text search (BM25 functions, sparse BM25 indexes).
+FULL_TEXT_VERSION = (2, 5)
+# BM25's constants, as the embedded engine is given them (Milvus's defaults).
+BM25_PARAMS = {"bm25_k1": 1.2, "bm25_b": 0.75}
 
 _NUMERIC = {DataType.INT8, DataType.INT16, DataType.INT32, DataType.INT64, DataType.FLOAT, DataType.DOUBLE}
 
@@ -87,6 +96,7 @@ class ServerEngine(Engine):
             raise self._translate(exc, "connect") from None
         # collection -> until when its reads must be Strong (see _read_options)
         self._strong_until: dict[str, float] = {}
+        self._version: str | None = None
 
     # -- collections -----------------------------------------------------------------------
 
@@ -98,11 +108,24 @@ class ServerEngine(Engine):
 
     def create_collection(self, name: str, spec: CollectionSpec) -> None:
         milvus = self.milvus
+        if spec.full_text_fields:
+            self.check_full_text(f"full-text field {spec.full_text_fields[0]!r} (enable_analyzer)")
         schema = milvus.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field(ID_FIELD, DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
         schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=spec.dim)
         for field in spec.fields:
-            schema.add_field(field.name, field.dtype, **({"max_length": field.max_length} if field.max_length else {}))
+            options: dict[str, Any] = {"max_length": field.max_length} if field.max_length else {}
+            if field.enable_analyzer:
+                options["enable_analyzer"] = True
+                if field.analyzer_params is not None:
+                    options["analyzer_params"] = dict(field.analyzer_params)
+            schema.add_field(field.name, field.dtype, **options)
+        for field_name in spec.full_text_fields:
+            # Milvus 2.5+: the server fills the sparse field from the text (pymilvus's BM25 recipe).
+            schema.add_field(sparse_field(field_name), DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(Function(name=sparse_field(field_name), function_type=FunctionType.BM25,
+                                         input_field_names=[field_name],
+                                         output_field_names=[sparse_field(field_name)]))
         with self._errors(f"create collection {name!r}"):
             milvus.create_collection(name, schema=schema, properties={SPEC_PROPERTY: spec.dumps()},
                                      **self._read_options(name))
@@ -196,6 +219,22 @@ class ServerEngine(Engine):
                           output_fields=output_fields, search_params=dict(search_params), anns_field=anns_field,
                           **self._read_options(name))
 
+    def keyword_search(
+        self,
+        name: str,
+        *,
+        texts: Sequence[str],
+        field: str,
+        filter: str,  # noqa: A002 - MilvusClient's keyword
+        limit: int,
+        output_fields: list[str],
+    ) -> list[list[dict[str, Any]]]:
+        self.check_full_text("keywords")
+        return self._read(f"search the keywords of {name!r}", self.milvus.search, name, data=list(texts),
+                          filter=filter, limit=limit, output_fields=output_fields,
+                          search_params={"metric_type": "BM25"}, anns_field=sparse_field(field),
+                          **self._read_options(name))
+
     def count(self, name: str, expr: str = "") -> int:
         rows = self._read(f"count {name!r}", self.milvus.query, name, filter=expr, output_fields=["count(*)"],
                           **self._read_options(name))
@@ -244,12 +283,27 @@ class ServerEngine(Engine):
         strong = self._strong_until.get(name, 0.0) > time.monotonic()
         return {"consistency_level": "Strong" if strong else "Session"}
 
+    def check_full_text(self, what: str) -> None:
+        """Refuse ``what`` on a server older than Milvus 2.5, naming its version."""
+        if self._version is None:
+            self._version = str(self._read("ask the server's version", self.milvus.get_server_version))
+        found = re.search(r"(\d+)\.(\d+)", self._version)
+        if found and (int(found.group(1)), int(found.group(2))) < FULL_TEXT_VERSION:
+            raise InvalidInputError(
+                f"{what}: full-text search needs Milvus {'.'.join(map(str, FULL_TEXT_VERSION))} or later, and "
+                f"the server at {redact_uri(self.location)} runs {self._version} (use the embedded engine, "
+                "or a Milvus 2.5+ server)"
+            )
+
     def _add_indexes(self, name: str, spec: CollectionSpec, vector: bool, scalar: Mapping[str, str | None]) -> None:
         params = self.milvus.prepare_index_params()
         if vector:
             index = spec.vector_index
             params.add_index(VECTOR_FIELD, index_type=index.index_type, metric_type=index.metric_type,
                              params=dict(index.params))
+            for field_name in spec.full_text_fields:
+                params.add_index(sparse_field(field_name), index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
+                                 params=dict(BM25_PARAMS))
         for field_name, kind in scalar.items():
             field = spec.field(field_name)
             assert field is not None  # build_spec checked it

@@ -30,6 +30,11 @@ from .limits import BodyLimit, max_body_from, max_limit_from
 from .models import (
     FILTER_ALIAS_DESCRIPTION,
     FILTER_DESCRIPTION,
+    FUSION_DESCRIPTION,
+    FUSION_K_DESCRIPTION,
+    FUSION_WEIGHTS_DESCRIPTION,
+    KEYWORDS_DESCRIPTION,
+    KEYWORDS_FIELD_DESCRIPTION,
     CollectionDescription,
     CollectionSchema,
     Count,
@@ -38,6 +43,7 @@ from .models import (
     Document,
     Dropped,
     Error,
+    Fusion,
     Hit,
     Indexed,
     IndexRequest,
@@ -232,7 +238,8 @@ def create_app(
     @app.post(COLLECTION + "/similar", tags=["similar"], operation_id="retrieve_similar",
               response_model=list[Hit], responses=declared(400, *_ANY, 413))
     def retrieve_similar(client: Org, name: Name, query: RetrieveSimilarRequest) -> Response:
-        """The documents most similar to ids, vectors or texts, best first."""
+        """The documents most similar to ids, vectors or texts, or matching ``keywords`` in a
+        full-text field, or both (a hybrid search, fused), best first."""
         return _JSON(client.retrieve_similar(name, query.to_request(max_limit)))
 
     @app.post(COLLECTION + "/similar/batch", tags=["similar"], operation_id="retrieve_similar_batch",
@@ -279,14 +286,24 @@ def create_app(
         min_score: Annotated[float | None, Query(
             description="leave out hits scoring below it (above it for L2)")] = None,
         explain: Annotated[bool, Query(description="give each hit an explain object")] = False,
+        keywords: Annotated[str | None, Query(description=KEYWORDS_DESCRIPTION)] = None,
+        fusion: Annotated[Fusion | None, Query(description=FUSION_DESCRIPTION)] = None,
+        fusion_k: Annotated[int | None, Query(description=FUSION_K_DESCRIPTION,
+                                              json_schema_extra={"minimum": 1})] = None,
+        fusion_weights: Annotated[list[float] | None, Query(
+            description=FUSION_WEIGHTS_DESCRIPTION + " (repeat: meaning, then keywords)")] = None,
+        keywords_field: Annotated[str | None, Query(description=KEYWORDS_FIELD_DESCRIPTION)] = None,
     ) -> Response:
         """``retrieve_similar`` by stored ids, in a URL: the documents most similar to ``ids``
-        (``recency`` and an exclusion list need the POST body)."""
+        (with ``keywords``: a hybrid search; ``recency`` and an exclusion list need the POST
+        body)."""
         given = {key: value for key, value in {
             "negative_ids": negative_ids, "strategy": strategy, "weights": weights,
             "offset": offset, "group_by": group_by, "group_size": group_size,
             "diversity": diversity, "candidates": candidates, "min_score": min_score,
-            "explain": explain or None}.items() if value is not None}
+            "explain": explain or None, "keywords": keywords, "fusion": fusion,
+            "fusion_k": fusion_k, "fusion_weights": fusion_weights,
+            "keywords_field": keywords_field}.items() if value is not None}
         return _JSON(client.retrieve_similar(name, SimilarRequest(
             ids=ids, filter_expr=one_filter(filter_expr, filter),
             limit=check_limit(limit, max_limit), exclude_ids=exclude_ids,

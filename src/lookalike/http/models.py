@@ -39,6 +39,13 @@ class FieldDefinition(BaseModel):
     name: str
     type: Literal[tuple(FIELD_TYPES)]  # type: ignore[valid-type]  # the library's type names
     max_length: int | None = Field(None, description="varchar only: the longest value, in bytes")
+    enable_analyzer: bool | None = Field(
+        None, description="varchar only: true makes it a full-text field, searched by `keywords` "
+                          "(lookalike adds the BM25 function and its index behind it)")
+    analyzer_params: dict[str, Any] | None = Field(
+        None, description='with enable_analyzer: the engine\'s analyser, e.g. {"type": "english"} '
+                          'or {"tokenizer": "jieba"} (default: the standard analyser); see the '
+                          "README for which suits which language")
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -49,7 +56,9 @@ class CollectionSchema(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "dim": 768,
         "fields": [{"name": "language", "type": "varchar", "max_length": 16},
-                   {"name": "publication_date", "type": "int64"}],
+                   {"name": "publication_date", "type": "int64"},
+                   {"name": "text", "type": "varchar", "max_length": 4000,
+                    "enable_analyzer": True}],
         "indexes": {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 32},
                     "language": None},
     }]})
@@ -72,11 +81,25 @@ class CollectionSchema(BaseModel):
 
 STRATEGIES = ["average_vector", "best_score"]
 DECAY_FUNCTIONS = ["exp", "gauss", "linear"]
+FUSIONS = ["rrf", "weighted"]
 # The values the library takes, stated in the OpenAPI document for clients (an enum of the string,
 # beside null, which leaves the library's default) but checked by the library alone: another
 # value is its 400 naming the parameter, not a 422 here.
 Strategy = Annotated[str, Field(json_schema_extra={"enum": STRATEGIES})]
 DecayFunction = Annotated[str, Field(json_schema_extra={"enum": DECAY_FUNCTIONS})]
+Fusion = Annotated[str, Field(json_schema_extra={"enum": FUSIONS})]
+
+KEYWORDS_DESCRIPTION = ("words matched in the collection's full-text field (BM25); alone a "
+                        "keyword search, beside `ids`, `vectors` or `texts` a hybrid search whose "
+                        "two rankings are fused (see `fusion`)")
+FUSION_DESCRIPTION = ("how a hybrid search fuses its rankings: rrf (default; Σ 1/(fusion_k + "
+                      "rank) over the routes that found the hit) or weighted (fusion_weights over "
+                      "each route's scores normalised to [0, 1])")
+FUSION_K_DESCRIPTION = "rrf's constant k, ≥ 1 (default 60)"
+FUSION_WEIGHTS_DESCRIPTION = ("with fusion=weighted: [meaning, keywords], two numbers ≥ 0, not "
+                              "both 0")
+KEYWORDS_FIELD_DESCRIPTION = ("the full-text field the keywords are matched in (needed only when "
+                              "the collection has several)")
 
 
 class Recency(BaseModel):
@@ -100,7 +123,8 @@ class Recency(BaseModel):
 
 
 class RetrieveSimilarRequest(BaseModel):
-    """A similarity query by stored ids, by vectors or by texts (exactly one of the three).
+    """A similarity query by stored ids, by vectors or by texts (one of the three), by keywords,
+    or by both (a hybrid search).
 
     The fields are the parameters of the library's ``retrieve_similar``; the library checks
     their values (400 naming the parameter), in the order the README's Recommendations section
@@ -112,12 +136,20 @@ class RetrieveSimilarRequest(BaseModel):
          "output_fields": ["language"]},
         {"ids": ["a1", "a4"], "negative_ids": ["a3"], "exclude_ids": ["a2"],
          "group_by": "language", "diversity": 0.3, "limit": 5, "explain": True},
+        {"texts": ["night train to Hamburg"], "keywords": "ICE 1127 Hamburg", "fusion": "rrf",
+         "fusion_k": 60, "limit": 5, "explain": True},
     ]})
 
     ids: list[str] | None = Field(None, description="stored ids; several are averaged into one query")
     vectors: list[list[float]] | list[float] | None = Field(
         None, description="one vector, or several (averaged into one query)")
     texts: list[str] | None = Field(None, description="texts, embedded with the collection's model")
+    keywords: str | None = Field(None, description=KEYWORDS_DESCRIPTION)
+    fusion: Fusion | None = Field(None, description=FUSION_DESCRIPTION)
+    fusion_k: int | None = Field(None, description=FUSION_K_DESCRIPTION,
+                                 json_schema_extra={"minimum": 1})
+    fusion_weights: list[float] | None = Field(None, description=FUSION_WEIGHTS_DESCRIPTION)
+    keywords_field: str | None = Field(None, description=KEYWORDS_FIELD_DESCRIPTION)
     negative_ids: list[str] | None = Field(
         None, description="stored ids to steer away from (see `strategy`)")
     strategy: Strategy | None = Field(
@@ -226,10 +258,14 @@ class Hit(BaseModel):
     id: str
     distance: float = Field(description="the metric's score: higher is closer for IP and COSINE, "
                                         "lower for L2 (with `recency`: the similarity times the "
-                                        "decay factor)")
+                                        "decay factor; with `keywords` alone: the BM25 score; "
+                                        "in a hybrid search: the fused score, higher is better)")
     explain: dict[str, Any] | None = Field(
         None, description="with `explain`: how the score was made (similarity, decay factor, MMR "
-                          "step, group value, nearest example)")
+                          "step, group value, nearest example; in a keyword or hybrid search "
+                          '`{"dense": {"rank", "score"}, "keywords": {"rank", "score"}}`, each '
+                          "route that found the hit with its rank from 1 and its own score, "
+                          "`distance` being the fused score)")
 
 
 class Document(BaseModel):

@@ -2,8 +2,8 @@
 
 ``python -m lookalike.quality.demo`` embeds the shipped Debian description sample with the default
 model, indexes it on the embedded engine (a re-run reuses what is stored), and prints "more
-like this" for a package, the same restricted by language and section, and free-text queries
-that find descriptions in other languages, with the time each step took.
+like this" for a package (one hit per package), the same restricted by language and section,
+and free-text queries that find descriptions in other languages, with the time each step took.
 """
 
 from __future__ import annotations
@@ -94,12 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = pick_package(records, args.package)
     ids = [f"{record['md5']}:{lang}" for lang in record["texts"]]
     languages = ", ".join(record["texts"])
-    show(console, f"More like {record['package']!r} (the mean of its {len(ids)} descriptions: {languages})",
-         timed("more like this", lambda: col.similar(ids=ids, limit=8, exclude_ids=True, output_fields=SHOWN)))
+    # One hit per package: without it, a package described in several languages fills several
+    # places with its translations (README, "Recommendations": group_by).
+    more_like = {"ids": ids, "limit": 8, "exclude_ids": True, "group_by": "package", "output_fields": SHOWN}
+    show(console, f"More like {record['package']!r} (the mean of its {len(ids)} descriptions: {languages}; "
+                  "one per package)",
+         timed("more like this", lambda: col.similar(**more_like)))
     expr = f'language == "fr" and section == "{record["section"]}"'
     show(console, f"The same, restricted to {expr}",
-         timed("more like this, filtered", lambda: col.similar(ids=ids, filter_expr=expr, limit=8,
-                                                                exclude_ids=True, output_fields=SHOWN)))
+         timed("more like this, filtered", lambda: col.similar(**more_like, filter_expr=expr)))
     for language, text in QUERIES:
         show(console, f"Free text ({language}): {text!r}",
              timed(f"free-text query ({language})",

@@ -6,6 +6,9 @@
   synopsis is the harder test: full translations keep package names and URLs, which makes them
   partly a lexical match.
 - ANN recall: recall@k of a collection's index against exact search over the same vectors.
+- Beyond accuracy: what "more like this" (the mean of a package's descriptions) shows in its
+  top 10, plain and with each recommendation feature (one per package, diversity): distinct
+  packages, intra-list diversity, catalogue coverage, and the cost in similarity to the query.
 
 ``python -m lookalike.quality.evaluation`` measures the shipped sample and writes
 ``bench/results/eval-<date>.json``.
@@ -384,10 +387,14 @@ def evaluate(
     ann_efs: Sequence[int | None] = (None,),
     progress: bool | None = None,
     cache_dir: Path | None = None,
+    beyond_models: Sequence[str | Embedder | Callable[..., Any]] = ("default",),
+    beyond_queries: int = 500,
 ) -> dict[str, Any]:
     """Cross-lingual rows for each model (and the TF-IDF baseline) on full text and synopsis,
-    and the ANN recall@10 of a collection of all the records' texts for each of ``ann_models``
-    and each search ``ef`` of ``ann_efs``.
+    the ANN recall@10 of a collection of all the records' texts for each of ``ann_models``
+    and each search ``ef`` of ``ann_efs``, and the beyond-accuracy rows of "more like this"
+    (:func:`beyond_accuracy`, ``beyond_queries`` query packages; 0 skips them) for each of
+    ``beyond_models``.
 
     ``cache_dir`` keeps the vectors (an :class:`~lookalike.embedding.EmbeddingCache`), so a
     re-run only embeds what changed.
@@ -404,12 +411,16 @@ def evaluate(
     ann = [row for spec in ann_models
            for row in collection_recall(get_embedder(spec), records, ann_queries,
                                         cache_dir=cache_dir, efs=ann_efs)]
+    beyond = [row for spec in (beyond_models if beyond_queries else ())
+              for row in beyond_accuracy(get_embedder(spec), records, beyond_queries,
+                                         cache_dir=cache_dir)]
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "corpus": {"records": len(records), "source": "en", "targets": list(targets)},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "crosslingual": rows,
         "ann": ann,
+        "beyond_accuracy": beyond,
     }
 
 
@@ -426,6 +437,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ann-queries", type=int, default=100)
     parser.add_argument("--ann-ef", default="default,16,64",
                         help="search ef values to measure ('default': the engine's)")
+    parser.add_argument("--beyond-models", default="default",
+                        help="models whose \"more like this\" gets the beyond-accuracy figures "
+                             "('' for none)")
+    parser.add_argument("--beyond-queries", type=int, default=500,
+                        help="query packages for the beyond-accuracy figures")
     parser.add_argument("--cache-dir", default="bench/.cache/embeddings",
                         help="where vectors are kept between runs ('' for none)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -436,12 +452,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                       ann_queries=args.ann_queries,
                       ann_efs=[None if ef == "default" else int(ef)
                                for ef in args.ann_ef.split(",")],
-                      cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+                      cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                      beyond_models=[m for m in args.beyond_models.split(",") if m],
+                      beyond_queries=args.beyond_queries)
     print(format_table(result["crosslingual"]))
     for row in result["ann"]:
         ef = (row["search_params"] or {}).get("ef", "default")
         print(f"ANN {row['model']} ef={ef}: recall@{row['k']} {row['recall']:.3f} "
               f"({row['queries']} queries over {row['documents']} documents)")
+    if result["beyond_accuracy"]:
+        print(format_beyond_table(result["beyond_accuracy"]))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

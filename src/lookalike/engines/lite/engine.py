@@ -33,13 +33,16 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ...config import Settings
-from ...errors import EngineUnavailableError, LookalikeError
+from ...errors import EngineUnavailableError, InvalidInputError, LookalikeError
 from ...schema import (
     ID_FIELD,
     ID_MAX_LENGTH,
     SPEC_PROPERTY,
     VECTOR_FIELD,
     CollectionSpec,
+    FieldSpec,
+    shown,
+    sparse_field,
     spec_from_description,
     spec_loads,
 )
@@ -60,6 +63,13 @@ logging.getLogger("milvus_lite").addHandler(logging.NullHandler())
 LITE_FILE = "milvus.db"
 # Lite's only scalar index.
 DEFAULT_SCALAR_INDEX = "INVERTED"
+# A full-text field's sparse index, with BM25's usual constants set here (Milvus servers default
+# to k1 = 1.2, b = 0.75; Milvus Lite to k1 = 1.5): one ranking on both engines.
+BM25_INDEX = {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "BM25",
+              "params": {"bm25_k1": 1.2, "bm25_b": 0.75}}
+# What Milvus Lite 3.2.2's analyser factory reads (milvus_lite/analyzer/factory.py); it ignores
+# anything else silently, so anything else is refused here.
+LITE_TOKENIZERS = ("standard", "jieba")
 
 
 class ReadWriteLock:
@@ -223,6 +233,9 @@ class LiteEngine(Engine):
             return sorted(self._db.list_collections(database_name=self._database))
 
     def create_collection(self, name: str, spec: CollectionSpec) -> None:
+        for field in spec.fields:
+            if field.enable_analyzer:
+                check_analyzer(field)
         with self._lock.write(), self._errors(f"create collection {name!r}"):
             db = self._db
             col = db.create_collection(name, _lite_schema(spec), properties={SPEC_PROPERTY: spec.dumps()},
@@ -233,6 +246,8 @@ class LiteEngine(Engine):
                                                 "params": dict(index.params)})
                 for field_name, kind in spec.scalar_indexes.items():
                     col.create_index(field_name, {"index_type": kind or DEFAULT_SCALAR_INDEX})
+                for field_name in spec.full_text_fields:
+                    col.create_index(sparse_field(field_name), BM25_INDEX)
                 col.load()
             except BaseException:
                 # The engine creates a collection and its indexes in separate steps: never leave half.
@@ -330,6 +345,33 @@ class LiteEngine(Engine):
             return [[{**hit, "entity": decode(hit["entity"])} for hit in per_query] for per_query in hits]
 
         return self._reading(name, f"search {name!r}", search)
+
+    def check_full_text(self, what: str) -> None:
+        # Milvus Lite 3.2.2 has BM25 functions and sparse indexes (see create_collection).
+        return None
+
+    def keyword_search(
+        self,
+        name: str,
+        *,
+        texts: Sequence[str],
+        field: str,
+        filter: str,  # noqa: A002 - the engines' own keyword
+        limit: int,
+        output_fields: list[str],
+    ) -> list[list[dict[str, Any]]]:
+        def search(col: Any) -> list[list[dict[str, Any]]]:
+            # The engine analyses each text with the field's analyser and scores BM25 over the
+            # field's sparse terms (its statistics per segment: see README, hybrid search).
+            hits = col.search(list(texts), top_k=limit, metric_type="BM25", expr=filter or None,
+                              output_fields=output_fields, anns_field=sparse_field(field))
+            decode = json_decoder(col)
+            # The engine hands BM25 scores out negated (smaller is better inside it); its gRPC
+            # adapter flips them back for pymilvus (adapter/grpc/function_chain.py): so here.
+            return [[{**hit, "distance": -float(hit["distance"]), "entity": decode(hit["entity"])}
+                     for hit in per_query] for per_query in hits]
+
+        return self._reading(name, f"search the keywords of {name!r}", search)
 
     def count(self, name: str, expr: str = "") -> int:
         def count(col: Any) -> int:
@@ -438,18 +480,63 @@ def _cause(exc: BaseException) -> BaseException | None:
     return None if isinstance(exc, (lite.MilvusLiteError, FilterError)) else exc
 
 
+def check_analyzer(field: FieldSpec) -> None:
+    """Refuse analyser parameters Milvus Lite would refuse, or would silently ignore.
+
+    Raises:
+        InvalidInputError: naming the field and its ``analyzer_params``.
+    """
+    from milvus_lite.analyzer.factory import create_analyzer
+
+    params = field.analyzer_params
+    where = f"field {field.name!r}: analyzer_params = {shown(params)}"
+    if params is None:
+        return
+    unknown = sorted(set(params) - {"tokenizer", "type", "filter"})
+    if unknown:
+        raise InvalidInputError(
+            f"{where}: the embedded engine takes only 'tokenizer' ({' or '.join(LITE_TOKENIZERS)}) and "
+            f"'filter' (\"lowercase\", {{'type': 'stop', 'stop_words': [...]}}), not {', '.join(map(repr, unknown))}"
+        )
+    filters = params.get("filter") or []
+    if not isinstance(filters, list) or any(
+        f != "lowercase" and not (isinstance(f, Mapping) and f.get("type") == "stop"
+                                  and isinstance(f.get("stop_words", []), list) and set(f) <= {"type", "stop_words"})
+        for f in filters
+    ):
+        raise InvalidInputError(
+            f"{where}: the embedded engine's only filters are \"lowercase\" (always on) and "
+            "{'type': 'stop', 'stop_words': [...]}"
+        )
+    try:
+        create_analyzer(dict(params))
+    except ImportError as exc:  # jieba is an optional package
+        raise InvalidInputError(f"{where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the engine's refusal, in its words
+        raise InvalidInputError(f"{where} refused by the embedded engine: {exc}") from None
+
+
 def _lite_schema(spec: CollectionSpec) -> Any:
-    """The engine's schema for ``spec``: string ``id``, vector ``vec``, then the spec's fields."""
-    from milvus_lite import CollectionSchema, DataType, FieldSchema
+    """The engine's schema for ``spec``: string ``id``, vector ``vec``, then the spec's fields,
+    and for each full-text field its BM25 function and the sparse field it fills."""
+    from milvus_lite import CollectionSchema, DataType, FieldSchema, Function, FunctionType
 
     fields = [
         FieldSchema(name=ID_FIELD, dtype=DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH),
         FieldSchema(name=VECTOR_FIELD, dtype=DataType.FLOAT_VECTOR, dim=spec.dim),
     ]
+    functions = []
     for field in spec.fields:
         # lookalike's field types are pymilvus's, and the engine names its own alike.
-        fields.append(FieldSchema(name=field.name, dtype=DataType[field.dtype.name], max_length=field.max_length))
-    return CollectionSchema(fields=fields, enable_dynamic_field=False)
+        fields.append(FieldSchema(name=field.name, dtype=DataType[field.dtype.name], max_length=field.max_length,
+                                  enable_analyzer=field.enable_analyzer,
+                                  analyzer_params=dict(field.analyzer_params) if field.analyzer_params else None))
+    for name in spec.full_text_fields:
+        fields.append(FieldSchema(name=sparse_field(name), dtype=DataType.SPARSE_FLOAT_VECTOR,
+                                  is_function_output=True))
+        functions.append(Function(name=sparse_field(name), function_type=FunctionType.BM25,
+                                  input_field_names=[name], output_field_names=[sparse_field(name)]))
+    return CollectionSchema(fields=fields, enable_dynamic_field=False, functions=functions)
 
 
 def _spec_of(col: Any) -> CollectionSpec:
