@@ -607,6 +607,7 @@ def serve(
 
 @_command(app, "eval")
 def evaluate(
+    ctx: typer.Context,
     models: Annotated[str | None, typer.Option(
         metavar="A,B", help="Comma-separated built-in model names or model paths (default: every installed built-in).",
         show_default=False)] = None,
@@ -614,6 +615,12 @@ def evaluate(
         metavar="N", help="Use the first N records of the sample.", show_default=False)] = None,
     ann_queries: Annotated[int, typer.Option(
         metavar="N", help="Queries for the ANN recall@10 check (0: skip it).")] = 100,
+    beyond_queries: Annotated[int, typer.Option(
+        metavar="N", help="Query packages for the beyond-accuracy figures of \"more like this\" "
+                          "(0: skip them).")] = 500,
+    cache_dir: Annotated[Path | None, typer.Option(
+        metavar="DIR", help="Keep the embeddings here between runs (default: the data directory's "
+                            "cache).", show_default=False)] = None,
     out_dir: Annotated[Path, typer.Option(
         "--out", metavar="DIR", help="Directory for the JSON result.")] = Path("bench/results"),
     as_json: JsonFlag = False,
@@ -629,8 +636,10 @@ def evaluate(
     from .quality.corpus import load_sample
 
     names = models.split(",") if models else evaluation.available_models()
+    cache_dir = cache_dir or ctx.ensure_object(_Session).settings().cache_dir
     result = evaluation.evaluate(names, load_sample(limit=limit),
-                                 ann_models=["default"] if ann_queries else [], ann_queries=ann_queries)
+                                 ann_models=["default"] if ann_queries else [], ann_queries=ann_queries,
+                                 beyond_queries=beyond_queries, cache_dir=cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"eval-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -641,6 +650,8 @@ def evaluate(
     for row in result["ann"]:
         out.print(f"ANN recall@{row['k']} ({row['model']}, {row['queries']} queries over "
                   f"{row['documents']} documents): {row['recall']:.3f}")
+    if result["beyond_accuracy"]:
+        out.print(evaluation.format_beyond_table(result["beyond_accuracy"]), highlight=False)
     out.print(f"Wrote {path}.")
 
 

@@ -57,7 +57,7 @@ class Client:
     @property
     def cache_dir(self) -> Path:
         """Where the embedding cache lives (beside the embedded data, or per user for a server)."""
-        return self.settings.data_dir / "embedding-cache"
+        return self.settings.cache_dir
 
     def close(self) -> None:
         with self._lock:

@@ -79,6 +79,11 @@ class Settings:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
 
     @property
+    def cache_dir(self) -> Path:
+        """Where the embedding cache lives (beside the embedded data, or per user for a server)."""
+        return self.data_dir / "embedding-cache"
+
+    @property
     def embedded(self) -> bool:
         return not self.uri
 
