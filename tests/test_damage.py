@@ -169,7 +169,7 @@ CASES: list[tuple[str, str, Damage, str]] = [
     ("HNSW file truncated", "indexes/*.idx", truncate, "exact"),
     ("HNSW file emptied", "indexes/*.idx", empty, "exact"),
     ("HNSW file garbage", "indexes/*.idx", garbage, "exact"),
-    ("HNSW checksum deleted", "indexes/*.idx.crc32", delete, "exact"),
+    ("HNSW checksum deleted", "index_checksums/*.idx.crc32", delete, "exact"),
     ("scalar index garbage", "indexes/*.sidx", garbage, "exact"),
     ("scalar index truncated", "indexes/*.sidx", truncate, "exact"),
     ("log garbage in the middle", "wal/wal_data_*.arrow", garbage, "refused"),

@@ -217,6 +217,11 @@ def test_search_through_pymilvus_with_ids_only(tmp_path):
         assert set(res[1][0]["entity"]) == {"id"}  # no vector shipped back
     finally:
         client.close()
+        # pymilvus leaves the engine's loopback server running for the process: stop it, or a
+        # later test of this process sees it (test_lite_direct checks that none was started).
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(str(tmp_path / "milvus.db"))
 
 
 def test_flushed_memtable_table_is_the_engines_own(tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ What the engine does, and what this module changes (each a replacement of one en
   record is always in a segment or superseded there.
 - **Index files are written in place and trusted.** A full disk or a kill leaves a truncated
   ``.idx``/``.sidx`` that the next open loads (or fails on) with no fallback. Index files are
-  now written to ``<file>.tmp``, fsynced, given a ``<file>.crc32`` sidecar, then renamed; on
+  now written to ``<file>.tmp``, fsynced, given a ``<file>.crc32`` sidecar (in the partition's
+  ``index_checksums`` folder, so ``indexes`` holds the engine's files only), then renamed; on
   open an index whose sidecar is missing or disagrees, or that fails to load, is rebuilt from
   its segment (one WARNING). An index is derived data: rebuilding it is an exact recovery.
 - **Damage goes unnoticed.** The manifest now records each data and delta file's size and CRC-32
@@ -59,8 +60,21 @@ from lookalike.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
+try:
+    from milvus_lite.exceptions import ManifestCorruptedError as _EngineManifestError
+except ImportError:  # this module is loaded only by apply(), with milvus_lite installed
+    _EngineManifestError = Exception  # type: ignore[assignment,misc]
+
+
+class ManifestDamagedError(StorageError, _EngineManifestError):
+    """A damaged or missing ``manifest.json``, refused where the engine fell back to
+    ``manifest.json.prev``. Also the engine's ``ManifestCorruptedError``, so code that catches
+    the engine's error (its gRPC adapter, users of Milvus Lite) still catches this one."""
+
 #: Key of the integrity block in manifest.json.
 INTEGRITY_KEY = "integrity"
+#: Folder beside a partition's ``indexes`` holding one ``<index file>.crc32`` per index file.
+CHECKSUM_DIR = "index_checksums"
 _CHUNK = 8 << 20
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -138,17 +152,18 @@ def _seal(payload: dict[str, Any]) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
 
 
-def damaged(path: str, problem: str) -> StorageError:
+def damaged(path: str, problem: str, kind: type[StorageError] = StorageError) -> StorageError:
     """The error for a damaged file of a data directory.
 
     Args:
         path: the damaged (or missing) file or directory.
         problem: what is wrong with it.
+        kind: the ``StorageError`` class to raise (``ManifestDamagedError`` for the manifest).
 
     Returns:
         A ``StorageError`` naming the file, saying nothing was changed and what to do.
     """
-    return StorageError(
+    return kind(
         f"damaged data directory: {path} {problem}. The collection was not opened and nothing was "
         "changed on disk, so no answer comes from incomplete data. To fix: restore the data directory "
         "from a backup, or move this collection's directory aside and index its documents again; keep "
@@ -208,14 +223,18 @@ def _make_checksummed_write(original: Callable[..., Any]) -> Callable[..., Any]:
     return _wrap(original, write)
 
 
-def _file_sums(manifest: Any, partition: str, rel: str) -> list[int]:
-    """[size, crc] of one file the manifest lists: as written, as recorded, or read now."""
+def _file_sums(manifest: Any, partition: str, rel: str) -> list[int] | None:
+    """[size, crc] of one file the manifest lists: as written, as recorded, or read now; None
+    for a file that does not exist (nothing to record: opening the collection refuses it as
+    missing, while saving such a manifest still works as the engine's save does)."""
     path = os.path.abspath(os.path.join(manifest.data_dir, "partitions", partition, rel))
     with _written_lock:
         known = _written.get(path)
     if known is None:
         known = (getattr(manifest, "_lookalike_files", None) or {}).get(f"{partition}/{rel}")
     if known is None:  # listed by a manifest written without checksums: trust it from now on
+        if not os.path.exists(path):
+            return None
         known = file_crc32(path)
     return [int(known[0]), int(known[1])]
 
@@ -238,7 +257,8 @@ def _make_sealed_save(original: Callable[..., Any]) -> Callable[..., Any]:
         for kind in (self.get_all_data_files(), self.get_all_delta_files()):
             for partition, rels in kind.items():
                 for rel in rels:
-                    files[f"{partition}/{rel}"] = _file_sums(self, partition, rel)
+                    if (sums := _file_sums(self, partition, rel)) is not None:
+                        files[f"{partition}/{rel}"] = sums
         payload[INTEGRITY_KEY] = {"files": files}
         payload[INTEGRITY_KEY]["seal"] = _seal(payload)
         target = os.path.join(data_dir, module.MANIFEST_FILENAME)
@@ -272,12 +292,13 @@ def _read_manifest_payload(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             payload = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
-        raise damaged(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+        raise damaged(path, f"cannot be read ({type(exc).__name__}: {exc})", ManifestDamagedError) from None
     if not isinstance(payload, dict):
-        raise damaged(path, "is not a JSON object")
+        raise damaged(path, "is not a JSON object", ManifestDamagedError)
     integrity = payload.get(INTEGRITY_KEY)
     if integrity is not None and (not isinstance(integrity, dict) or integrity.get("seal") != _seal(payload)):
-        raise damaged(path, "does not match its own checksum (its content was changed after it was written)")
+        raise damaged(path, "does not match its own checksum (its content was changed after it was written)",
+                      ManifestDamagedError)
     return payload
 
 
@@ -292,7 +313,8 @@ def _make_verified_load(original: Callable[..., Any]) -> Callable[..., Any]:
         prev = os.path.join(data_dir, module.MANIFEST_PREV_FILENAME)
         if not os.path.exists(target):
             if os.path.exists(prev):
-                raise damaged(target, "is missing (manifest.json.prev exists, so it was written before)")
+                raise damaged(target, "is missing (manifest.json.prev exists, so it was written before)",
+                              ManifestDamagedError)
             fresh = cls(data_dir)  # a new collection; recovery refuses any file it cannot explain
             fresh._lookalike_files = {}
             return fresh
@@ -300,7 +322,7 @@ def _make_verified_load(original: Callable[..., Any]) -> Callable[..., Any]:
         try:
             manifest = cls._load_path(data_dir, target)
         except (KeyError, ValueError, TypeError) as exc:
-            raise damaged(target, f"is not a valid manifest ({exc})") from None
+            raise damaged(target, f"is not a valid manifest ({exc})", ManifestDamagedError) from None
         integrity = payload.get(INTEGRITY_KEY)
         manifest._lookalike_files = dict(integrity["files"]) if integrity else None
         if os.path.exists(prev):
@@ -310,7 +332,8 @@ def _make_verified_load(original: Callable[..., Any]) -> Callable[..., Any]:
                 older = None  # the backup copy is only for people; a damaged one does not matter
             if older is not None and int(older.get("version", 0)) > manifest.version:
                 raise damaged(target, f"is older (version {manifest.version}) than manifest.json.prev "
-                                      f"(version {older.get('version')}): it was replaced by an old copy")
+                                      f"(version {older.get('version')}): it was replaced by an old copy",
+                              ManifestDamagedError)
         return manifest
 
     return classmethod(_wrap(original, load))
@@ -387,7 +410,9 @@ def _make_cautious_orphan_cleanup(original: Callable[..., Any]) -> Callable[...,
     """``_cleanup_orphan_files`` that refuses when a data/delta file the manifest does not list
     cannot be an uncommitted flush or compaction: rows above ``current_seq`` that no WAL being
     replayed holds mean the manifest is older than the data (deleting them would lose writes).
-    Also removes this module's leftovers: ``*.tmp`` index files and stale ``.crc32`` sidecars."""
+    Also removes this module's leftovers: ``*.tmp`` index files and stale ``.crc32`` sidecars
+    (an index dropped or compacted away while the collection was open leaves its sidecar until
+    then)."""
     from milvus_lite.storage.data_file import parse_seq_range
     from milvus_lite.storage.snapshots import snapshot_references
 
@@ -421,13 +446,17 @@ def _make_cautious_orphan_cleanup(original: Callable[..., Any]) -> Callable[...,
 
 
 def _remove_index_leftovers(folder: str) -> None:
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        stale_sidecar = name.endswith(".crc32") and not os.path.exists(path[: -len(".crc32")])
-        if name.endswith(".tmp") or stale_sidecar:
-            os.remove(path)
+    """Remove ``*.tmp`` files from an ``indexes`` folder, and from its ``index_checksums``
+    sibling the sidecars whose index file is gone (dropped or compacted away) and ``*.tmp``.
+    Sidecars left in ``indexes`` by earlier versions of this module go too (their indexes are
+    rebuilt once)."""
+    checksums = os.path.join(os.path.dirname(folder), CHECKSUM_DIR)
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.endswith((".tmp", ".crc32")):
+            os.remove(os.path.join(folder, name))
+    for name in os.listdir(checksums) if os.path.isdir(checksums) else []:
+        if name.endswith(".tmp") or not os.path.exists(os.path.join(folder, name.removesuffix(".crc32"))):
+            os.remove(os.path.join(checksums, name))
 
 
 def _make_wal_read_refusing_damage(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -487,22 +516,32 @@ def _is_torn(rest: bytes) -> bool:
 # ── index files: atomic, checksummed, rebuilt when damaged ──────────────────
 
 
+def _sidecar(path: str) -> str:
+    """Where the CRC-32 of the index file ``path`` (``<partition>/indexes/<name>``) is kept:
+    ``<partition>/index_checksums/<name>.crc32``, outside the folder the engine lists and
+    cleans, which then holds the engine's index files only."""
+    folder, name = os.path.split(path)
+    return os.path.join(os.path.dirname(folder), CHECKSUM_DIR, f"{name}.crc32")
+
+
 def _save_atomically(save: Callable[[str], None], path: str) -> None:
     """Write an index file by ``save(tmp)``, fsync, write its CRC-32 sidecar, then rename."""
-    tmp = f"{path}.tmp"
+    tmp, sidecar = f"{path}.tmp", _sidecar(path)
     try:
         save(tmp)
         _fsync_path(tmp)
         _size, crc = file_crc32(tmp)
-        with open(f"{path}.crc32.tmp", "w") as f:
+        os.makedirs(os.path.dirname(sidecar), exist_ok=True)
+        with open(f"{sidecar}.tmp", "w") as f:
             f.write(f"{crc}\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(f"{path}.crc32.tmp", f"{path}.crc32")
+        os.replace(f"{sidecar}.tmp", sidecar)
+        _fsync_path(os.path.dirname(sidecar))
         os.replace(tmp, path)
         _fsync_path(os.path.dirname(path))
     finally:
-        for leftover in (tmp, f"{path}.crc32.tmp"):
+        for leftover in (tmp, f"{sidecar}.tmp"):
             if os.path.exists(leftover):
                 os.remove(leftover)
 
@@ -521,7 +560,7 @@ def _save_or_warn(save: Callable[[str], None], path: str) -> None:
 def _load_checked(load: Callable[[str], Any], path: str) -> Any:
     """The index at ``path`` if it matches its CRC-32 sidecar and loads; else None (WARNING)."""
     try:
-        with open(f"{path}.crc32") as f:
+        with open(_sidecar(path)) as f:
             expected = int(f.read().strip())
         if file_crc32(path)[1] != expected:
             raise ValueError("its content does not match its checksum")
