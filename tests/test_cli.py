@@ -65,6 +65,16 @@ def _create(run, name: str, *extra: str) -> None:
            "--index-param", "M=16", "--scalar-index", "language", *extra))
 
 
+def test_index_wait_and_wait_for_index_report_the_index_state(run, tmp_path):
+    _create(run, "waited")
+    path = _jsonl(tmp_path / "waited.jsonl", _docs(40, seed=8))
+    done = json.loads(ok(run("index", "waited", str(path), "--wait", "--timeout", "120", "--json")))
+    assert done == {"indexed": 40, "index": {"indexed_rows": 40, "pending_rows": 0, "built": True}}
+    assert ok(run("wait-for-index", "waited")) == "'waited': index over 40 rows, 0 pending.\n"
+    assert json.loads(ok(run("collections", "describe", "waited", "--json")))["index"]["built"] is True
+    assert run("wait-for-index", "waited", "--timeout", "-1").exit_code == 2  # click refuses it
+
+
 def test_collections_create_describe_list_and_idempotence(run):
     out = ok(run("collections", "create", "articles", "--dim", "4", *FIELDS,
                  "--index", "vec:HNSW:IP", "--index-param", "M=16", "--index-param",
@@ -675,12 +685,16 @@ LIBRARY_CALLS = {
     ("collections", "describe"): "Collection.describe",
     ("collections", "drop"): "Client.drop_collection",
     ("index",): "Collection.index",
+    ("wait-for-index",): "Collection.wait_for_index",
     ("get",): "Collection.get",
     ("similar",): "Collection.similar",
     ("similar-batch",): "Collection.similar_batch",
     ("search",): "Collection.similar",
     ("delete",): "Collection.delete",
     ("count",): "Collection.count",
+    ("map",): "Collection.map",
+    ("cluster",): "Collection.cluster",
+    ("near-duplicates",): "Collection.near_duplicates",
     ("export",): "Collection.export",
     ("import",): "Client.import_collection",
     ("serve",): "http.app.create_app",
@@ -727,11 +741,15 @@ def test_every_command_calls_one_library_function_of_its_name(run, tmp_path, lib
         ("collections", "list"),
         ("collections", "describe", "mapped"),
         ("index", "mapped", str(docs)),
+        ("wait-for-index", "mapped", "--timeout", "120"),
         ("get", "mapped", "d1", "d2"),
         ("similar", "mapped", "--id", "d1", "--ef", "80"),
         ("similar-batch", "mapped", str(_jsonl(tmp_path / "requests.jsonl", [{"ids": ["d1"]}]))),
         ("delete", "mapped", "--id", "d0"),
         ("count", "mapped", "--filter-expr", "year > 2001"),
+        ("map", "mapped", "--sample", "3", "--id", "d1"),
+        ("cluster", "mapped", "--k", "2"),
+        ("near-duplicates", "mapped", "--threshold", "0.9"),
         ("export", "mapped", str(export)),
         ("import", "mapped_copy", str(export)),
         ("collections", "drop", "mapped_copy", "--yes"),

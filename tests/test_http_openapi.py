@@ -38,7 +38,8 @@ SCHEMA = {
 OPERATIONS = {
     "health", "ready", "list_collections", "create_collection", "describe", "drop_collection",
     "count", "export", "index", "get_documents", "delete_documents", "retrieve_similar",
-    "retrieve_similar_by_ids", "retrieve_similar_batch",
+    "retrieve_similar_by_ids", "retrieve_similar_batch", "map_sample", "map_sample_in_url",
+    "cluster", "near_duplicates", "wait_for_index",
 }
 
 
@@ -138,10 +139,13 @@ def _call_through_generated_client(url: str) -> None:
     api = {name: importlib.import_module(f"lookalike_http_client.api.{tag}.{name}")
            for tag, names in {"service": ["health"],
                               "collections": ["create_collection", "describe", "list_collections",
-                                              "count", "export", "drop_collection"],
+                                              "count", "export", "drop_collection", "wait_for_index"],
                               "documents": ["index", "get_documents", "delete_documents"],
                               "similar": ["retrieve_similar", "retrieve_similar_by_ids",
-                                          "retrieve_similar_batch"]}.items()
+                                          "retrieve_similar_batch"],
+                              # the generator names the module of tag "map" map_ (a builtin's name)
+                              "map_": ["map_sample", "map_sample_in_url"],
+                              "clusters": ["cluster", "near_duplicates"]}.items()
            for name in names}
     models = importlib.import_module("lookalike_http_client.models")
     client = gen.AuthenticatedClient(base_url=url, token=TOKENS["ltlrt"], raise_on_unexpected_status=True)
@@ -157,6 +161,9 @@ def _call_through_generated_client(url: str) -> None:
          "text": ("the ICE 1127 is late" if i == 3 else f"note number {i}")})
         for i in range(4)]
     assert api["index"].sync(body=models.IndexRequest(documents=documents), **org).indexed == 4
+    state = api["wait_for_index"].sync(timeout=120.0, **org)
+    assert (state.indexed_rows, state.pending_rows, state.built) == (4, 0, True)
+    assert api["describe"].sync(**org).index.built
 
     got = api["get_documents"].sync(ids=["g2", "nope"], output_fields=["year"], **org)
     assert [(d.id, d.additional_properties) for d in got] == [("g2", {"year": 2})]
@@ -195,6 +202,16 @@ def _call_through_generated_client(url: str) -> None:
     assert [[h.id for h in answer] for answer in batch] == [["g2", "g1"], ["g2"]]
     assert api["count"].sync(filter_expr="year >= 2", **org).count == 2
     assert api["describe"].sync(**org).count == 4
+    mapped = api["map_sample"].sync(body=models.MapRequest(sample=3, seed=1, color_field="language",
+                                                           ids=["g1"]), **org)
+    assert (mapped.sample, mapped.count, [p.id for p in mapped.projected]) == (3, 4, ["g1"])
+    assert {p.color for p in mapped.points} == {"fr"} and len(mapped.basis.components) == 2
+    assert api["map_sample_in_url"].sync(sample=3, seed=1, color_field="language", **org).points == mapped.points
+    clustered = api["cluster"].sync(body=models.ClusterRequest(k=2, seed=1), **org)
+    assert sorted(i for c in clustered for i in c.ids) == ["g0", "g1", "g2", "g3"]
+    assert [c.label for c in clustered] == [0, 1] and clustered[0].medoid in clustered[0].ids
+    duplicates = api["near_duplicates"].sync(body=models.NearDuplicatesRequest(threshold=0.5), **org)
+    assert (duplicates.pairs, duplicates.groups) == ([], [])  # four orthogonal vectors
     lines = api["export"].sync(**org).splitlines()
     assert json.loads(lines[0])["$lookalike"]["count"] == 4 and len(lines) == 5
 

@@ -14,7 +14,7 @@ from pymilvus import DataType, FieldSchema
 
 from lookalike import Client, InvalidInputError
 from lookalike.embedding import CallableEmbedder
-from lookalike.fusion import normalised
+from lookalike.fusion import ROUTES, Fusion, Route, fuse, normalised
 
 DIM = 8
 FIELDS = [{"name": "text", "type": "varchar", "max_length": 200, "enable_analyzer": True},
@@ -251,3 +251,56 @@ def test_a_batch_equals_its_single_calls_and_creating_again_keeps_the_collection
     assert col.similar_batch(requests) == [col.similar(**request) for request in requests]
     again = lite.create_collection("news", FIELDS, FLAT, dim=DIM)
     assert again.count() == 40 and again.spec.full_text_fields == ["text"]
+
+
+def _random_routes(rng: np.random.Generator, pool: int = 30, depth: int = 12) -> list[Route]:
+    dense = [f"h{i}" for i in rng.permutation(pool)[:depth]]
+    words = [f"h{i}" for i in rng.permutation(pool)[:int(rng.integers(0, depth))]]
+    return [Route("dense", dense, sorted(rng.random(len(dense)), reverse=True), "IP"),
+            Route("keywords", words, sorted(5 * rng.random(len(words)), reverse=True), "BM25")]
+
+
+def test_rrf_ties_go_to_the_best_rank_then_to_the_keyword_route():
+    """A numpy oracle: RRF = Σ 1/(k + rank); order by (−RRF, best rank, keyword rank, dense rank)."""
+    rng = np.random.default_rng(0)
+    ties = 0
+    for _ in range(200):
+        routes = _random_routes(rng)
+        k = int(rng.integers(1, 80))
+        hits = sorted({h for r in routes for h in r.ids})
+        rank = {(r.name, h): i + 1 for r in routes for i, h in enumerate(r.ids)}
+        fused = np.array([sum(1 / (k + rank[(r, h)]) for r in ROUTES if (r, h) in rank) for h in hits])
+        kw = np.array([rank.get(("keywords", h), np.inf) for h in hits])
+        de = np.array([rank.get(("dense", h), np.inf) for h in hits])
+        order = np.lexsort((de, kw, np.minimum(kw, de), -fused))
+        got = fuse(routes, Fusion("rrf", k))
+        assert [hit for hit, _, _ in got] == [hits[i] for i in order]
+        ties += len(fused) - len(np.unique(fused))
+    assert ties > 100  # the oracle saw ties to break
+    # the rare-token case: one keyword hit at rank 1 beside the dense route's rank 1
+    got = fuse([Route("dense", ["a", "b"], [0.9, 0.8], "IP"), Route("keywords", ["z"], [7.0], "BM25")],
+               Fusion("rrf", 60))
+    assert [hit for hit, _, _ in got] == ["z", "a", "b"]
+
+
+def test_weighted_ties_follow_the_heavier_route_and_keywords_on_equal_weights():
+    same = [Route("dense", ["a", "b"], [0.5, 0.5], "IP"), Route("keywords", ["c", "d"], [1.0, 1.0], "BM25")]
+    assert [h for h, _, _ in fuse(same, Fusion("weighted", weights=(0.0, 1.0)))][:2] == ["c", "d"]
+    assert [h for h, _, _ in fuse(same, Fusion("weighted", weights=(1.0, 0.0)))][:2] == ["a", "b"]
+    # equal weights, equal normalised scores: IP 0 and BM25 1 both normalise to 1/2
+    equal = [Route("dense", ["a"], [0.0], "IP"), Route("keywords", ["z"], [1.0], "BM25")]
+    assert normalised([0.0], "IP")[0] == normalised([1.0], "BM25")[0]
+    assert [h for h, _, _ in fuse(equal, Fusion("weighted", weights=(1.0, 1.0)))] == ["z", "a"]
+
+
+def test_jieba_finds_a_chinese_word_inside_a_sentence_the_standard_analyser_does_not(lite):
+    pytest.importorskip("jieba")
+    docs = [{"id": "z1", "vec": [1.0] + [0.0] * (DIM - 1), "text": "这个软件包提供了图形编辑器的插件"},
+            {"id": "z2", "vec": [0.0, 1.0] + [0.0] * (DIM - 2), "text": "用于网络服务器的配置工具"}]
+    found = {}
+    for tokenizer in ("jieba", "standard"):
+        field = {**FIELDS[0], "analyzer_params": {"tokenizer": tokenizer}}
+        col = lite.create_collection(f"zh_{tokenizer}", [field], FLAT, dim=DIM)
+        col.index(docs)
+        found[tokenizer] = ids(col.similar(keywords="编辑器", limit=2))
+    assert found == {"jieba": ["z1"], "standard": []}

@@ -7,6 +7,8 @@ the patched engine and through the engine's own functions, and once against a nu
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from conftest import lite_schema
@@ -119,8 +121,9 @@ def engine(tmp_path_factory):
 
 def _original_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route searches through the engine's own functions for the rest of the test."""
-    fast_search = engine_collection.execute_search_with_index
-    monkeypatch.setattr(engine_collection, "execute_search_with_index", fast_search.__wrapped__)
+    # inspect.unwrap: past every group wrapping the search (build_window's hand-off too)
+    monkeypatch.setattr(engine_collection, "execute_search_with_index",
+                        inspect.unwrap(engine_collection.execute_search_with_index))
     monkeypatch.setattr(FaissHnswIndex, "search", FaissHnswIndex.search.__wrapped__)
 
 

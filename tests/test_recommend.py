@@ -293,3 +293,85 @@ def test_l2_recency_is_refused_and_min_score_is_a_ceiling(client, backend):
     assert [h["id"] for h in hits] == [h["id"] for h in allhits if h["distance"] <= 8.0]
     assert 0 < len(hits) < 50
     client.drop_collection(name)
+
+
+# -- the engine's own grouping and decay (Milvus Lite 3.2.2), checked against the oracle -----------
+# lookalike runs both stages itself on every engine (README, "Recommendations": why); these tests
+# keep the measured reasons true: where the engine agrees with the oracle and where it does not.
+
+
+def _lite_search(col, **parameters):
+    """Milvus Lite's own ``Collection.search``, bypassing lookalike's stages."""
+    return col.engine._reading(col.name, "search", lambda engine_col: engine_col.search(
+        metric_type="IP", anns_field="vec", **parameters))
+
+
+@pytest.mark.parametrize(("limit", "size", "offset"), [(3, 1, 0), (3, 2, 0), (GROUPS, 3, 0), (2, 1, 2), (2, 2, 2)])
+def test_lite_grouping_search_against_the_oracle(data, backend, limit, size, offset):
+    """Lite's grouping search equals the oracle, except that its ``offset`` skips hits, not groups."""
+    if backend != "lite":
+        pytest.skip("Milvus Lite's grouping search (a 2.3 server has none)")
+    col, o = data
+    q = o.unit(o.vec(["d016"])[0])
+    s = o.V @ q
+    expected = [o.ids[k] for k in o.groups(o.rank(s), size, limit, offset)]
+    engine = [h["id"] for h in _lite_search(col, query_vectors=[q.astype(np.float32)], top_k=limit, offset=offset,
+                                              output_fields=["grp"], group_by_field="grp", group_size=size)[0]]
+    ours = col.similar(vectors=q.tolist(), group_by="grp", group_size=size, limit=limit, offset=offset,
+                       candidates=EXACT)
+    assert [h["id"] for h in ours] == expected
+    if offset and size > 1:  # the engine pages hits: `limit` hits from hit `offset` of the grouped list
+        flat = [o.ids[k] for k in o.groups(o.rank(s), size, GROUPS)]
+        assert engine == flat[offset:offset + limit] != expected
+    else:
+        assert engine == expected
+
+
+@pytest.mark.parametrize("function", ["exp", "gauss", "linear"])
+def test_lite_decay_ranker_against_the_oracle(data, backend, function):
+    """Lite's decay ranker (the function-score chain its gRPC search runs over 10 × limit hits of
+    the engine's search) equals the oracle and lookalike's recency on this data."""
+    if backend != "lite":
+        pytest.skip("Milvus Lite's decay ranker (a 2.3 server has none)")
+    from types import SimpleNamespace
+
+    from milvus_lite.function.builder import build_hybrid_function_score_chain
+    from milvus_lite.function.dataframe import DataFrame
+    from milvus_lite.function.types import ID_FIELD, SCORE_FIELD
+
+    col, o = data
+    q = o.unit(o.vec(["d007"])[0])
+    s = (o.V @ q) * o.decay(function, 300, 0.3, 50)
+    limit = 10
+    hits = _lite_search(col, query_vectors=[q.astype(np.float32)], top_k=10 * limit, output_fields=["ts"])[0]
+    ranker = SimpleNamespace(name="recency", input_field_names=["ts"], output_field_names=[], params={
+        "reranker": "decay", "function": function, "origin": ORIGIN, "scale": 300, "offset": 50, "decay": 0.3})
+    chain = build_hybrid_function_score_chain(ranker, search_params={"limit": limit}, search_metrics=["IP"])
+    ranked = chain.execute(DataFrame([[{ID_FIELD: h["id"], SCORE_FIELD: h["distance"], **h["entity"]} for h in hits]]))
+    engine = [(row[ID_FIELD], row[SCORE_FIELD]) for row in ranked.chunk(0)]
+    check([{"id": i, "distance": d} for i, d in engine], o.hits(o.rank(s), s, limit))
+    ours = col.similar(vectors=q.tolist(), limit=limit, recency={"field": "ts", "scale": 300, "decay": 0.3,
+                       "function": function, "origin": ORIGIN, "offset": 50})
+    assert [h["id"] for h in ours] == [i for i, _ in engine]
+
+
+def test_engine_columns_read_the_newest_version(client, name):
+    """What the stages read after a search (``Engine.columns``, the segments' arrays on Lite) is what
+    ``get`` reads: the newest version of each id, from sealed segments and the memtable, deletes gone."""
+    col = client.create_collection(name, FIELDS, {"vec": {"index_type": "FLAT", "metric_type": "IP"}}, dim=DIM)
+    docs = _docs()[:50]
+    col.index(docs)
+    col.engine.flush(name)
+    col.index([{**doc, "grp": "sealed", "ts": 1} for doc in docs[:5]])  # a newer version in a newer segment
+    col.engine.flush(name)
+    col.index([{**doc, "grp": "memtable", "ts": 2} for doc in docs[3:8]])  # and in the memtable
+    col.delete(["d004", "d010", "d011"])
+    ids = [doc["id"] for doc in docs] + ["d999"]
+    got = col.columns_by_id(ids, ["grp", "ts", "vec"])
+    expected = {row["id"]: row for row in col.engine.get(name, ids, ["id", "grp", "ts", "vec"])}
+    assert sorted(got) == sorted(expected) and len(got) == 47
+    for i, row in expected.items():
+        assert (got[i]["grp"], got[i]["ts"]) == (row["grp"], row["ts"])
+        assert np.asarray(got[i]["vec"]) == pytest.approx(np.asarray(row["vec"]))
+    assert [got[i]["grp"] for i in ("d000", "d003", "d009")] == ["sealed", "memtable", "g2"]
+    client.drop_collection(name)

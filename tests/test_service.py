@@ -43,6 +43,7 @@ ROUTES = {
     ("GET", "/v1/{codops}/collections/{name}"): ("describe", "Client.describe"),
     ("DELETE", "/v1/{codops}/collections/{name}"): ("drop_collection", "Client.drop_collection"),
     ("GET", "/v1/{codops}/collections/{name}/count"): ("count", "Client.count"),
+    ("GET", "/v1/{codops}/collections/{name}/wait_for_index"): ("wait_for_index", "Client.wait_for_index"),
     ("GET", "/v1/{codops}/collections/{name}/export"): ("export", "Collection.export_lines"),
     ("POST", "/v1/{codops}/collections/{name}/documents"): ("index", "Client.index"),
     ("GET", "/v1/{codops}/collections/{name}/documents"): ("get_documents", "Client.get_documents"),
@@ -53,6 +54,10 @@ ROUTES = {
                                                                 "Client.retrieve_similar_batch"),
     ("GET", "/v1/{codops}/collections/{name}/similar"): ("retrieve_similar_by_ids",
                                                          "Client.retrieve_similar"),
+    ("POST", "/v1/{codops}/collections/{name}/map"): ("map_sample", "Client.map_sample"),
+    ("GET", "/v1/{codops}/collections/{name}/map"): ("map_sample_in_url", "Client.map_sample"),
+    ("POST", "/v1/{codops}/collections/{name}/cluster"): ("cluster", "Client.cluster"),
+    ("POST", "/v1/{codops}/collections/{name}/near-duplicates"): ("near_duplicates", "Client.near_duplicates"),
 }
 # What a route may call besides its one call: the existence test before a create, and the
 # collection handle an export reads, and the description a create answers with.
@@ -90,7 +95,32 @@ def http(app):
 
 def test_health_and_ready_need_no_token(http):
     assert http.get("/health").json() == {"status": "ok"}
-    assert http.get("/ready").json() == {"status": "ready"}
+    ready = http.get("/ready").json()
+    assert ready["status"] == "ready"
+    state = ready["collections"]["articles"]
+    assert state["indexed_rows"] + state["pending_rows"] == 30 and state["built"] == (state["pending_rows"] == 0)
+
+
+def test_wait_for_index_route_reports_the_index_built(http):
+    state = http.get("/v1/ltlrt/collections/articles/wait_for_index", params={"timeout": 120},
+                     headers=auth()).json()
+    assert state == {"indexed_rows": 30, "pending_rows": 0, "built": True}
+    assert http.get("/v1/ltlrt/collections/articles", headers=auth()).json()["index"] == state
+    assert http.get("/ready").json()["collections"]["articles"] == state
+    # a timeout out of range is the caller's error; a timeout passed is 504, naming the rows
+    assert http.get("/v1/ltlrt/collections/articles/wait_for_index", params={"timeout": -1},
+                    headers=auth()).status_code == 422
+    # a graph that takes seconds to build (20k x 64): a wait of 0 s answers 504 with the rows
+    client = http.app.state.organisations.client("ltlrt")
+    rng = np.random.default_rng(1)
+    client.create_collection("slow_graph", dim=64).index(
+        [{"id": f"s{i}", "vec": v} for i, v in enumerate(rng.standard_normal((20_000, 64)))])
+    late = http.get("/v1/ltlrt/collections/slow_graph/wait_for_index", params={"timeout": 0}, headers=auth())
+    assert late.status_code == 504 and late.json()["error"] == "index_timeout"
+    assert "20000 pending" in late.json()["detail"]
+    assert http.get("/v1/ltlrt/collections/slow_graph/wait_for_index", params={"timeout": 600},
+                    headers=auth()).json() == {"indexed_rows": 20_000, "pending_rows": 0, "built": True}
+    assert client.drop_collection("slow_graph")
 
 
 def test_ready_is_503_when_milvus_cannot_be_opened(tmp_path):
@@ -525,7 +555,12 @@ def test_every_route_calls_one_library_function_of_its_name(app, http, monkeypat
         ("POST", f"{base}/similar", {"json": {"ids": ["d1"], "limit": 2}}),
         ("POST", f"{base}/similar/batch", {"json": {"requests": [{"ids": ["d1"], "limit": 2}]}}),
         ("GET", f"{base}/similar", {"params": {"ids": ["d1"], "limit": 2}}),
+        ("POST", f"{base}/map", {"json": {"sample": 3, "ids": ["d1"]}}),
+        ("GET", f"{base}/map", {"params": {"sample": 3, "color_field": "language"}}),
+        ("POST", f"{base}/cluster", {"json": {"k": 2}}),
+        ("POST", f"{base}/near-duplicates", {"json": {"threshold": 0.9}}),
         ("GET", f"{base}/count", {"params": {"filter_expr": "year > 2000"}}),
+        ("GET", f"{base}/wait_for_index", {"params": {"timeout": 120}}),
         ("GET", f"{base}/export", {}),
         ("POST", f"{base}/documents/delete", {"json": {"ids": ["d0"]}}),
         ("DELETE", base, {}),
@@ -732,7 +767,7 @@ def test_library_calls_run_in_the_threadpool(app):
             yield from ours(dependency)
 
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
-    assert len(routes) == 14
+    assert len(routes) == len(ROUTES)
     for route in routes:
         for call in (route.endpoint, *ours(route.dependant)):
             assert not inspect.iscoroutinefunction(call), f"{route.path}: {call.__name__}"
@@ -795,7 +830,7 @@ def test_real_uvicorn_process(tmp_path):
     server = _serve(port, tmp_path / "data", ENVIRON)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            assert client.get("/ready").json() == {"status": "ready"}
+            assert client.get("/ready").json() == {"status": "ready", "collections": {}}
             created = client.put("/v1/ltlrt/collections/live", json=SCHEMA, headers=auth())
             assert created.status_code == 201
             assert client.post("/v1/ltlrt/collections/live/documents",

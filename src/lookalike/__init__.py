@@ -1,6 +1,7 @@
 """lookalike: store embeddings with their metadata and find similar items, on Milvus."""
 
 from .api import (
+    cluster,
     connect,
     count,
     create_collection,
@@ -12,8 +13,11 @@ from .api import (
     get_documents,
     index,
     list_collections,
+    map_sample,
+    near_duplicates,
     retrieve_similar,
     retrieve_similar_batch,
+    wait_for_index,
 )
 from .client import Client
 from .collection import Collection
@@ -22,6 +26,7 @@ from .errors import (
     AuthenticationError,
     ConflictError,
     EngineUnavailableError,
+    IndexTimeoutError,
     InvalidInputError,
     LookalikeError,
     NotFoundError,
@@ -39,6 +44,7 @@ __all__ = [
     "Collection",
     "ConflictError",
     "EngineUnavailableError",
+    "IndexTimeoutError",
     "InvalidInputError",
     "LookalikeError",
     "NotFoundError",
@@ -47,6 +53,7 @@ __all__ = [
     "Settings",
     "SimilarRequest",
     "StorageError",
+    "cluster",
     "connect",
     "count",
     "create_collection",
@@ -58,7 +65,10 @@ __all__ = [
     "get_documents",
     "index",
     "list_collections",
+    "map_sample",
+    "near_duplicates",
     "history_weights",
     "retrieve_similar",
     "retrieve_similar_batch",
+    "wait_for_index",
 ]

@@ -116,3 +116,34 @@ def count(name: str, filter_expr: str | None = None) -> int:
 
 def describe(name: str) -> dict[str, Any]:
     return default_client().describe(name)
+
+
+def wait_for_index(name: str, timeout: float | None = None) -> dict[str, Any]:
+    """Wait until the vector index covers every document flushed before the call; returns
+    ``indexed_rows``, ``pending_rows`` and ``built`` (IndexTimeoutError after ``timeout`` seconds)."""
+    return default_client().wait_for_index(name, timeout)
+
+
+def map_sample(name: str, **options: Any) -> dict[str, Any]:
+    """A 2-D map (PCA) of a sample of the collection: ``sample``, ``seed``, ``color_field``, and
+    ``ids`` and ``texts`` to place on it (see :func:`lookalike.projection.map_sample`)."""
+    return default_client().map_sample(name, **options)
+
+
+def cluster(
+    name: str,
+    k: int | None = None,
+    threshold: float | None = None,
+    filter_expr: str | None = None,
+    field: str | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Clusters of the documents by k-means (``k``) or a similarity ``threshold``: per cluster its
+    ``label``, ``size``, ``medoid``, ``ids`` and ``terms`` (see :func:`lookalike.clusters.cluster`)."""
+    return default_client().cluster(name, k=k, threshold=threshold, filter_expr=filter_expr, field=field, seed=seed)
+
+
+def near_duplicates(name: str, threshold: float = 0.95, filter_expr: str | None = None) -> dict[str, Any]:
+    """Pairs of documents at or above ``threshold``, and their groups
+    (see :func:`lookalike.near_duplicates.near_duplicates`)."""
+    return default_client().near_duplicates(name, threshold=threshold, filter_expr=filter_expr)

@@ -173,6 +173,9 @@ OutputFieldsOption = Annotated[str | None, typer.Option(
     help="Comma-separated fields to return (default: all for get, none for similar).",
     show_default=False)]
 BatchSizeOption = Annotated[int, typer.Option(metavar="N", help="Documents at a time.")]
+TimeoutOption = Annotated[float | None, typer.Option(
+    "--timeout", metavar="SECONDS", min=0, help="Wait at most this long for the index (default: as long "
+                                                "as it takes).", show_default=False)]
 
 
 # The library's ``filter_expr``; ``--filter`` is the short alias the CLI has always had.
@@ -319,6 +322,9 @@ def index(
         help="Column holding the text to embed when a document has no vec (needs an embedder).",
         show_default=False)] = None,
     batch_size: BatchSizeOption = 1000,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Then wait until the vector index covers them (see wait-for-index).")] = False,
+    timeout: TimeoutOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Index documents from a file, streaming it (upsert by id)."""
@@ -330,7 +336,25 @@ def index(
     with _Progress(f"indexing {file.name}", fileio.count_rows(file, format)) as on_batch:
         written = collection.index(_counted(batches, on_batch), normalize=normalize,
                                    upsert=upsert, progress=False)
-    _report(as_json, {"indexed": written}, f"Indexed {_documents(written)} into {name!r}.")
+    if not wait:
+        _report(as_json, {"indexed": written}, f"Indexed {_documents(written)} into {name!r}.")
+        return
+    state = collection.wait_for_index(timeout)
+    _report(as_json, {"indexed": written, "index": state},
+            f"Indexed {_documents(written)} into {name!r}; {_index_line(state)}.")
+
+
+@_command(app, "wait-for-index")
+def wait_for_index(ctx: typer.Context, name: NameArg, timeout: TimeoutOption = None,
+                   as_json: JsonFlag = False) -> None:
+    """Wait until the vector index covers every document indexed before (exit 7 on --timeout)."""
+    state = _client(ctx).collection(name).wait_for_index(timeout)
+    _report(as_json, state, f"{name!r}: {_index_line(state)}.")
+
+
+def _index_line(state: dict[str, Any]) -> str:
+    """The index state for people."""
+    return f"index over {state['indexed_rows']} rows, {state['pending_rows']} pending"
 
 
 @_command(app, "get")
@@ -541,6 +565,99 @@ def count(
     """Print how many documents a collection holds (or how many match a filter)."""
     number = _client(ctx).collection(name).count(filter_expr)
     _report(as_json, {"count": number}, str(number))
+
+
+@_command(app, "map")
+def map_(
+    ctx: typer.Context,
+    name: NameArg,
+    sample: Annotated[int, typer.Option(metavar="N", help="Documents to sample, in [2, 20000].")] = 2000,
+    seed: Annotated[int, typer.Option(metavar="N", help="Picks the sample (the same seed draws "
+                                                        "the same map).")] = 0,
+    color_field: Annotated[str | None, typer.Option(
+        metavar="FIELD", help="A scalar field each point carries as its colour value.",
+        show_default=False)] = None,
+    ids: Annotated[list[str] | None, typer.Option(
+        "--id", metavar="ID", help="A stored id to place on the map, repeatable.",
+        show_default=False)] = None,
+    texts: Annotated[list[str] | None, typer.Option(
+        "--text", metavar="TEXT", help="A text to place on the map, repeatable (needs an embedder).",
+        show_default=False)] = None,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", metavar="FILE", help="Write the map's JSON here (default: print it).",
+        show_default=False)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Draw a 2-D map (PCA) of a sample of a collection, as JSON: points, placed ids and texts,
+    and the projection's basis."""
+    result = _client(ctx).collection(name).map(sample=sample, seed=seed, color_field=color_field,
+                                               ids=ids, texts=texts)
+    if out_file is None:
+        _print_json(result)
+        return
+    out_file.write_text(json.dumps(result, ensure_ascii=False) + "\n", encoding="utf-8")
+    _report(as_json, {"file": str(out_file), "sample": result["sample"], "count": result["count"]},
+            f"Mapped {result['sample']} of {_documents(result['count'])} of {name!r} to {out_file}.")
+
+
+@_command(app, "cluster")
+def cluster(
+    ctx: typer.Context,
+    name: NameArg,
+    k: Annotated[int | None, typer.Option(
+        "--k", metavar="N", help="Clusters of k-means (spherical for IP/COSINE).", show_default=False)] = None,
+    threshold: Annotated[float | None, typer.Option(
+        metavar="X", help="Leader clustering instead: a document joins the nearest cluster at least X "
+                          "similar (L2: within X), else starts one.", show_default=False)] = None,
+    filter_expr: FilterOption = None,
+    field: Annotated[str | None, typer.Option(
+        "--field", metavar="FIELD", help="An integer field to write each document's cluster label into.",
+        show_default=False)] = None,
+    seed: Annotated[int, typer.Option(metavar="N", help="k-means' start (the same seed gives the "
+                                                        "same clusters).")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Group the documents into clusters: size, medoid, members and distinguishing words of each."""
+    found = _client(ctx).collection(name).cluster(k=k, threshold=threshold, filter_expr=filter_expr,
+                                                  field=field, seed=seed)
+    if as_json:
+        _print_json(found)
+        return
+    if not found:
+        out.print("No documents.", style="dim")
+        return
+    table = Table("label", "size", "medoid", "terms", "ids")
+    for group in found:
+        ids = group["ids"]
+        table.add_row(str(group["label"]), str(group["size"]), group["medoid"], ", ".join(group["terms"][:5]),
+                      ", ".join(ids[:3]) + (", …" if len(ids) > 3 else ""))
+    out.print(table)
+    if field:
+        out.print(f"Wrote each document's label into {field!r}.")
+
+
+@_command(app, "near-duplicates")
+def near_duplicates(
+    ctx: typer.Context,
+    name: NameArg,
+    threshold: Annotated[float, typer.Option(
+        metavar="X", help="Pairs at least this similar (L2: at most this squared distance apart).")] = 0.95,
+    filter_expr: FilterOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Find pairs of near-duplicate documents with the index, and the groups they link."""
+    found = _client(ctx).collection(name).near_duplicates(threshold=threshold, filter_expr=filter_expr)
+    if as_json:
+        _print_json(found)
+        return
+    pairs, groups = found["pairs"], found["groups"]
+    if groups:
+        table = Table("group", "size", "ids")
+        for number, ids in enumerate(groups):
+            table.add_row(str(number), str(len(ids)), ", ".join(ids))
+        out.print(table)
+    out.print(f"{len(pairs)} pair{'' if len(pairs) == 1 else 's'} in {len(groups)} "
+              f"group{'' if len(groups) == 1 else 's'}.")
 
 
 # -- export and import ---------------------------------------------------------------------------
@@ -952,7 +1069,9 @@ def _print_description(description: dict[str, Any]) -> None:
               f"dim {description['dim']}, {vec.get('index_type')}/{description['metric']}"
               + (f" ({params})" if params else "")
               + (f", embedder {description['embedder']['name']}" if description.get("embedder")
-                 else ""))
+                 else "")
+              + (f"; {_index_line(index)}" if (index := description.get("index"))
+                 and index["indexed_rows"] + index["pending_rows"] else ""))
     table = Table("field", "type", "index")
     table.add_row("id", "varchar(512)", "primary key")
     table.add_row("vec", f"float_vector({description['dim']})", str(vec.get("index_type")))

@@ -178,6 +178,22 @@ class Client:
     def describe(self, name: str) -> dict[str, Any]:
         return self.collection(name).describe()
 
+    def wait_for_index(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        """:meth:`Collection.wait_for_index` of the collection ``name``."""
+        return self.collection(name).wait_for_index(timeout)
+
+    def map_sample(self, name: str, **options: Any) -> dict[str, Any]:
+        """:meth:`Collection.map` of the collection ``name``."""
+        return self.collection(name).map(**options)
+
+    def cluster(self, name: str, **options: Any) -> list[dict[str, Any]]:
+        """:meth:`Collection.cluster` of the collection ``name``."""
+        return self.collection(name).cluster(**options)
+
+    def near_duplicates(self, name: str, **options: Any) -> dict[str, Any]:
+        """:meth:`Collection.near_duplicates` of the collection ``name``."""
+        return self.collection(name).near_duplicates(**options)
+
     # -- internals ------------------------------------------------------------------------
 
     def _collection_object(self, name: str, spec: CollectionSpec, model: Any = None) -> Collection:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import transfer
+from . import clusters, projection, transfer
+from . import near_duplicates as duplicates
 from .documents import DocumentWriter, check_ids, id_filter
 from .errors import ConflictError, InvalidInputError
 from .retrieval import (
@@ -138,6 +139,14 @@ class Collection:
             found.update((row[ID_FIELD], row) for row in rows)
         return [found[i] for i in dict.fromkeys(ids) if i in found]
 
+    def columns_by_id(self, ids: list[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """``fields`` of the stored ``ids`` (checked ids) by id, missing ones left out; a vector is
+        a row of the engine's array where it reads them directly (``Engine.columns``), else a list."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            found.update(self.engine.columns(self.name, ids[start : start + IDS_PER_QUERY], fields))
+        return found
+
     def _read_fields(self, output_fields: Sequence[str] | None) -> list[str]:
         """Fields to read: all of them by default; ``id`` always."""
         if output_fields is None:
@@ -201,12 +210,37 @@ class Collection:
         with _rejected_filter(filter_expr):
             return self.engine.count(self.name, filter_expr or "")
 
-    def iterate(self, batch_size: int = 1000, output_fields: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Every document (all fields unless ``output_fields`` is given), in batches from the engine."""
+    def iterate(
+        self, batch_size: int = 1000, output_fields: Sequence[str] | None = None, filter_expr: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every document (all fields unless ``output_fields`` is given; those matching
+        ``filter_expr`` when given), in batches from the engine."""
         fields = self._read_fields(output_fields)
-        for batch in self.engine.iterate(self.name, batch_size, fields):
-            for row in batch:
-                yield _plain(row, fields)
+        with _rejected_filter(filter_expr):
+            for batch in self.engine.iterate(self.name, batch_size, fields, filter_expr or ""):
+                for row in batch:
+                    yield _plain(row, fields)
+
+    def map(self, sample: int = 2000, seed: int = 0, color_field: str | None = None,
+            ids: Sequence[str] | None = None, texts: Sequence[str] | None = None) -> dict[str, Any]:
+        """A 2-D map of a sample of the documents (PCA), with ``ids`` and ``texts`` placed on it:
+        see :func:`lookalike.projection.map_sample` for the parameters and the answer."""
+        return projection.map_sample(self, sample=sample, seed=seed, color_field=color_field, ids=ids, texts=texts)
+
+    def cluster(self, k: int | None = None, threshold: float | None = None, filter_expr: str | None = None,
+                field: str | None = None, seed: int = 0, progress: bool | None = None) -> list[dict[str, Any]]:
+        """Group the documents by k-means (``k``) or by a similarity ``threshold``: per cluster its
+        ``label``, ``size``, ``medoid``, ``ids`` and ``terms``; ``field`` receives each document's
+        label. See :func:`lookalike.clusters.cluster` for the parameters and the answer."""
+        return clusters.cluster(self, k=k, threshold=threshold, filter_expr=filter_expr, field=field, seed=seed,
+                                progress=progress)
+
+    def near_duplicates(self, threshold: float = duplicates.DEFAULT_THRESHOLD, filter_expr: str | None = None,
+                        progress: bool | None = None) -> dict[str, Any]:
+        """The pairs of documents at or above ``threshold`` (found by a batched self-search of the
+        index) and the groups they link: ``{"pairs": [{"a", "b", "score"}], "groups": [[id, ...]]}``.
+        See :func:`lookalike.near_duplicates.near_duplicates`."""
+        return duplicates.near_duplicates(self, threshold=threshold, filter_expr=filter_expr, progress=progress)
 
     def export(self, path: str | Path, format: str | None = None, **options: Any) -> int:
         """Write every document and the schema to one self-describing file (JSON Lines or Parquet).
@@ -226,9 +260,30 @@ class Collection:
         return transfer.export_lines(self, batch_size=batch_size)
 
     def describe(self) -> dict[str, Any]:
-        """The collection's spec (as JSON), its engine and its document count."""
+        """The collection's spec (as JSON), its engine, its document count and its index state
+        (``index``: see :meth:`wait_for_index`)."""
         return {"name": self.name, **self.spec.to_json(), "metric": self.spec.metric,
-                "engine": self.engine.kind, "count": self.count()}
+                "engine": self.engine.kind, "count": self.count(),
+                "index": self.engine.index_state(self.name).to_json()}
+
+    def wait_for_index(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the vector index covers every document flushed before the call (the engine
+        builds it in the background after ``index()``; searches are correct, only slower, meanwhile).
+
+        Args:
+            timeout: seconds to wait at most (None: as long as it takes).
+
+        Returns:
+            ``indexed_rows`` and ``pending_rows`` (rows flushed by other writers meanwhile may be
+            pending) and ``built`` (no row pending).
+
+        Raises:
+            IndexTimeoutError: ``timeout`` passed first (the build goes on).
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 0 <= timeout < float("inf")):
+            raise InvalidInputError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}")
+        return self.engine.wait_for_index(self.name, timeout).to_json()
 
     # -- text -----------------------------------------------------------------------------
 

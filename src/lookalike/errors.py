@@ -81,3 +81,18 @@ class PermissionDeniedError(LookalikeError):
     """Milvus denied an operation to the organisation's user."""
 
     exit_code, http_status, kind = 6, 403, "permission_denied"
+
+
+class IndexTimeoutError(LookalikeError, TimeoutError):
+    """The vector index was not built within the time the caller allowed.
+
+    Nothing failed: searches stay correct meanwhile (exact over the rows not yet indexed), and the
+    build goes on; ``indexed_rows`` and ``pending_rows`` say how far it got.
+    """
+
+    exit_code, http_status, kind = 7, 504, "index_timeout"
+
+    def __init__(self, message: str, indexed_rows: int = 0, pending_rows: int = 0) -> None:
+        super().__init__(message)
+        self.indexed_rows = indexed_rows
+        self.pending_rows = pending_rows

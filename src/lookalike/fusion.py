@@ -9,13 +9,24 @@ library, so the fusion is the same on every engine and each hit can say where it
 - ``weighted`` (Milvus's ``WeightedRanker`` with ``norm_score=True``): score = Σ over the routes
   that returned the hit of weight × normalised score, each route's score normalised as Milvus
   normalises it (``normalised``); a route that did not return the hit adds 0.
+
+Equal fused scores (``tie_key``). RRF ties whenever two hits' ranks give the same sum, most often
+a hit that only one route returned at rank r against a hit that only the other returned at rank r.
+Ties go first to the hit with the better best rank (one route's confident pick before two routes'
+lukewarm ones), then to the keyword route, then to the dense one. Why keywords before meaning: the
+dense route ranks every document, related or not, while the keyword route returns only documents
+that share a word with the query; at equal rank, the keyword hit has evidence the dense one may
+lack (on rare-token queries, an identifier found only by its words, this is the difference
+between the answer at rank 1 and at rank 2: the README's hybrid figures). Weighted ties go by the
+rank in the heavier route, then in the other (keywords first when the weights are equal), so that
+weights [0, 1] give the keyword ranking exactly and [1, 0] the dense one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -142,8 +153,7 @@ def fuse(routes: Sequence[Route], fusion: Fusion) -> list[tuple[Any, float, dict
 
     Returns:
         ``(id, fused score, {route: {'rank', 'score'}})`` best first; a hit lists only the
-        routes that returned it. Equal scores are ordered by the hits' ranks in the route with
-        the larger weight (the dense route when equal), then in the other.
+        routes that returned it; equal scores ordered by ``tie_key``.
     """
     fused: dict[Any, float] = {}
     origins: dict[Any, dict[str, dict[str, Any]]] = {}
@@ -156,12 +166,29 @@ def fuse(routes: Sequence[Route], fusion: Fusion) -> list[tuple[Any, float, dict
         for rank, (hit, score, part) in enumerate(zip(route.ids, route.scores, parts, strict=True), start=1):
             fused[hit] = fused.get(hit, 0.0) + part
             origins.setdefault(hit, {})[route.name] = {"rank": rank, "score": float(score)}
-    # Equal scores (BM25 gives equal texts equal scores) go by the rank in the heavier route,
-    # then in the other: weights [0, 1] give the keyword ranking exactly, [1, 0] the dense one.
-    heavier = sorted(ROUTES, key=lambda route: -fusion.weights[ROUTES.index(route)])
-
-    def key(hit: Any) -> tuple[float, ...]:
-        return (-fused[hit], *(origins[hit].get(route, {}).get("rank", math.inf) for route in heavier))
-
-    order = sorted(fused, key=key)
+    tie = tie_key(fusion)
+    order = sorted(fused, key=lambda hit: (-fused[hit], *tie(origins[hit])))
     return [(hit, fused[hit], origins[hit]) for hit in order]
+
+
+def tie_key(fusion: Fusion) -> Callable[[dict[str, dict[str, Any]]], tuple[float, ...]]:
+    """What orders hits of equal fused score, smaller first (the module's docstring says why).
+
+    Args:
+        fusion: the checked fusion.
+
+    Returns:
+        A function of a hit's routes (``{route: {'rank', 'score'}}``): for RRF (best rank over
+        the routes, keyword rank, dense rank); for weighted fusion the ranks in the routes by
+        decreasing weight, keywords first on equal weights; a missing rank is inf.
+    """
+    # keywords before dense on equal weights: sorted() is stable over this order
+    first, second = sorted(("keywords", "dense"), key=lambda route: -fusion.weights[ROUTES.index(route)])
+    rrf = fusion.method == "rrf"
+
+    def key(origin: dict[str, dict[str, Any]]) -> tuple[float, ...]:
+        a = origin[first]["rank"] if first in origin else math.inf
+        b = origin[second]["rank"] if second in origin else math.inf
+        return (min(a, b), a, b) if rrf else (a, b)
+
+    return key

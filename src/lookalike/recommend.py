@@ -196,6 +196,9 @@ def mmr(
     if not pool:
         return
     vecs = np.asarray(vectors, dtype=np.float64)[pool]
+    if metric == "COSINE":  # normalised once here, not at every pick: the same similarities
+        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-30)
+        metric = "IP"
     rel = (1.0 - diversity) * np.asarray(scores, dtype=np.float64)[pool]
     penalty = np.full(len(pool), -np.inf)
     left = np.ones(len(pool), dtype=bool)

@@ -263,8 +263,11 @@ class SimilarRequest:
 # over-fetched and dropped here (Milvus's `id not in [...]` slows with the list's length and
 # has an expression size limit; see bench/recommend.py for the measured figures).
 EXCLUDE_IN_EXPRESSION = 64
-# Over-fetch for a long list up to this many times the hits needed (at least OVERFETCH_MIN).
-OVERFETCH_FACTOR, OVERFETCH_MIN = 4, 1000
+# Over-fetch for a long list: first a quarter more than the hits needed (at least OVERFETCH_FIRST
+# more; each hit Milvus Lite returns costs ~5-10 µs at 100k × 768, so extra rounds for a query
+# whose neighbourhood is excluded beat a wide first round for every query), then growing
+# OVERFETCH_FACTOR-fold up to OVERFETCH_FACTOR times the hits needed (at least OVERFETCH_MIN).
+OVERFETCH_FIRST, OVERFETCH_FACTOR, OVERFETCH_MIN = 16, 4, 1000
 # The rescoring stages' pool when `candidates` is not given: this many times the hits asked for
 # (each group counting `group_size`), at least MIN_CANDIDATES.
 CANDIDATES_FACTOR, MIN_CANDIDATES = 4, 100
@@ -282,8 +285,10 @@ class _Plan:
     expr: str  # filter and short exclusions
     excluded: frozenset[str]  # a long exclusion list, dropped after fetching
     fetch: int  # hits per query asked of the engine (after exclusions)
+    wide: bool  # filtered, or a mean of several examples: HNSW's wider default ef
     fields: list[str]  # the caller's output fields
-    wanted: list[str]  # fields read from the engine: the caller's and the stages'
+    wanted: list[str]  # fields the search returns: the caller's, and the stages' unless gathered
+    gathered: list[str]  # the stages' fields read after the search for the candidates
     params: dict[str, Any]
     limit: int
     offset: int
@@ -294,6 +299,11 @@ class _Plan:
     keywords: str | None = None  # the keyword route's query (None: no keyword route)
     keywords_field: str | None = None
     fusion: fusing.Fusion | None = None
+
+    @property
+    def needs_vectors(self) -> bool:
+        """The stages compare the candidates' vectors (best_score, MMR)."""
+        return self.diversity is not None or self.request.strategy == "best_score"
 
     @property
     def key(self) -> tuple[Any, ...] | None:
@@ -457,9 +467,10 @@ class SimilarQuery:
             raise InvalidInputError(f"exclude_ids must be true, false or a list of ids, not {shown(exclude)}")
         else:
             excluded = check_ids(exclude, "exclude_ids")
-        excluded = list(dict.fromkeys(excluded))
-        short = len(excluded) <= EXCLUDE_IN_EXPRESSION
-        expr = combine_filters(filter_expr, id_filter(excluded, negate=True) if excluded and short else None)
+        unique = frozenset(excluded)
+        short = len(unique) <= EXCLUDE_IN_EXPRESSION
+        expr = combine_filters(filter_expr, id_filter(list(dict.fromkeys(excluded)), negate=True)
+                               if excluded and short else None)
 
         if strategy == "best_score":
             queries = [self.unit(v) for v in (*matrix, *negatives)]
@@ -468,19 +479,22 @@ class SimilarQuery:
             queries = [recommend.query_vector(matrix, negatives, weights, self.spec.metric)]
         else:  # keywords alone
             queries = []
-        wanted = list(fields)
-        for extra in (r.group_by, recency.field if recency else None,
-                      VECTOR_FIELD if diversity is not None or strategy == "best_score" else None):
-            if extra and extra not in wanted:
-                wanted.append(extra)
+        # the fields the stages read come with the hits, except the candidates' vectors where the
+        # engine reads them by id cheaper than its search hands them out (Engine.gathers_vectors)
+        vectors = VECTOR_FIELD if diversity is not None or strategy == "best_score" else None
+        staged = [f for f in dict.fromkeys((r.group_by, recency.field if recency else None, vectors))
+                  if f and f not in fields]
+        gathered = [VECTOR_FIELD] if VECTOR_FIELD in staged and self.collection.engine.gathers_vectors else []
+        wanted = [*fields, *(f for f in staged if f not in gathered)]
         averaged = len(matrix) + len(negatives) > 1 and strategy == "average_vector"
-        params = search_params_for(self.spec, r.search_params, fetch, wide=bool(expr) or averaged)
+        wide = bool(expr) or averaged
+        params = search_params_for(self.spec, r.search_params, fetch, wide=wide)
         return _Plan(
             request=r, queries=queries,
             positives=matrix if strategy == "best_score" else matrix[:0],
             negatives=negatives if strategy == "best_score" else negatives[:0],
-            labels=labels, expr=expr, excluded=frozenset(() if short else excluded), fetch=fetch,
-            fields=fields, wanted=wanted, params=params, limit=limit, offset=offset, recency=recency,
+            labels=labels, expr=expr, excluded=frozenset() if short else unique, fetch=fetch, wide=wide,
+            fields=fields, wanted=wanted, gathered=gathered, params=params, limit=limit, offset=offset, recency=recency,
             min_score=min_score, diversity=None if diversity is None else float(diversity), rescored=rescored,
             keywords=keywords, keywords_field=field_searched, fusion=fusion if keywords is not None else None,
         )
@@ -491,8 +505,7 @@ class SimilarQuery:
 
     def stored_vectors(self, ids: list[str], parameter: str = "ids") -> np.ndarray:
         """The vectors of ``ids``, in their order; NotFoundError names the ones not stored."""
-        # the engine's rows as they are: no round trip of each vector through Python floats
-        found = {row[ID_FIELD]: row[VECTOR_FIELD] for row in self.collection.rows_by_id(ids, [ID_FIELD, VECTOR_FIELD])}
+        found = self.collection.columns_by_id(ids, [VECTOR_FIELD])
         missing = [i for i in ids if i not in found]
         if missing:
             listed = ", ".join(repr(i) for i in missing[:10])
@@ -500,7 +513,7 @@ class SimilarQuery:
                 f"{len(missing)} of the {parameter} are not stored in {self.collection.name!r}: {listed}"
                 + (" ..." if len(missing) > 10 else "")
             )
-        return np.asarray([found[i] for i in ids], dtype=np.float32)
+        return np.asarray([found[i][VECTOR_FIELD] for i in ids], dtype=np.float32)
 
     # -- fetching ----------------------------------------------------------------------------
 
@@ -508,7 +521,8 @@ class SimilarQuery:
         """``plan.fetch`` nearest neighbours of ``query``, none of them in the long exclusion list."""
 
         def search(expr: str, size: int) -> list[dict[str, Any]]:
-            params = search_params_for(self.spec, plan.request.search_params, size, wide=True)
+            # the excluded ids pushed into `expr` filter the search as any filter does
+            params = search_params_for(self.spec, plan.request.search_params, size, wide=plan.wide or bool(expr))
             return self.engine_search([query], expr, size, plan.wanted, params, plan.request.filter_expr)[0]
 
         return self.fetch_excluding(plan, search)
@@ -547,7 +561,7 @@ class SimilarQuery:
         holds only the excluded ids near the query, never the whole list."""
         need, excluded = plan.fetch, plan.excluded
         pushed: list[str] = []
-        size = min(MAX_LIMIT, need + min(len(excluded), max(need, 64)))
+        size = min(MAX_LIMIT, need + min(len(excluded), max(need // 4, OVERFETCH_FIRST)))
         cap = min(MAX_LIMIT, need + len(excluded), max(OVERFETCH_FACTOR * need, OVERFETCH_MIN))
         while True:
             expr = combine_filters(plan.expr, id_filter(pushed, negate=True) if pushed else None)
@@ -597,8 +611,9 @@ class SimilarQuery:
         cand = list(rows.values())
         if not plan.rescored and plan.min_score is None:  # the engine's ranking as it is
             return [self.shape(plan, row, {"similarity": row["distance"]}) for row in cand[plan.offset:][: plan.limit]]
+        self.complete(plan, cand)
         n = len(cand)
-        vectors = self.candidate_vectors(cand) if VECTOR_FIELD in plan.wanted else None
+        vectors = self.candidate_vectors(cand) if plan.needs_vectors else None
         explain: list[dict[str, Any]] = [{} for _ in range(n)]
         if r.strategy == "best_score":
             scores, near_p, near_n = recommend.best_scores(vectors, plan.positives, plan.negatives, metric)
@@ -619,6 +634,7 @@ class SimilarQuery:
         sign = self.sign
         if keyword_hits is not None:  # fused scores (or BM25's alone): higher is better
             cand, scores, explain = self.fuse(plan, cand, scores, keyword_hits)
+            self.complete(plan, cand)
             n, sign = len(cand), 1.0
         if plan.recency is not None:
             values = [row[plan.recency.field] for row in cand]
@@ -697,18 +713,23 @@ class SimilarQuery:
                 break
         return picked
 
-    def candidate_vectors(self, cand: list[dict[str, Any]]) -> np.ndarray:
-        """The candidates' vectors: from the hits, or read by id where the engine left them out."""
-        missing = [row["id"] for row in cand if row.get(VECTOR_FIELD) is None]
+    def complete(self, plan: _Plan, cand: list[dict[str, Any]]) -> None:
+        """Read ``plan.gathered`` for the candidates that lack them, in one call per ~1000 ids."""
+        missing = [row["id"] for row in cand if plan.gathered and plan.gathered[0] not in row]
         if missing:
-            rows = self.collection.rows_by_id(missing, [ID_FIELD, VECTOR_FIELD])
-            found = {row[ID_FIELD]: row[VECTOR_FIELD] for row in rows}
+            found = self.collection.columns_by_id(missing, plan.gathered)
             for row in cand:
-                if row.get(VECTOR_FIELD) is None:
-                    row[VECTOR_FIELD] = found[row["id"]]
+                row.update(found.get(row["id"]) or dict.fromkeys(plan.gathered))  # deleted meanwhile: None
+
+    def candidate_vectors(self, cand: list[dict[str, Any]]) -> np.ndarray:
+        """The candidates' vectors, from their rows (``complete`` or the hits), or read by id
+        where the search left them out."""
         if not cand:
             return np.zeros((0, self.spec.dim), dtype=np.float32)
-        return np.asarray([row[VECTOR_FIELD] for row in cand], dtype=np.float32)
+        missing = [row["id"] for row in cand if row.get(VECTOR_FIELD) is None]
+        found = self.collection.columns_by_id(missing, [VECTOR_FIELD]) if missing else {}
+        return np.asarray([row[VECTOR_FIELD] if row.get(VECTOR_FIELD) is not None else found[row["id"]][VECTOR_FIELD]
+                           for row in cand], dtype=np.float32)
 
     def shape(self, plan: _Plan, row: Mapping[str, Any], explain: dict[str, Any]) -> dict[str, Any]:
         """A hit as the caller sees it: ``id``, ``distance``, the output fields, ``explain``."""

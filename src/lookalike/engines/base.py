@@ -18,9 +18,28 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from ..schema import CollectionSpec
+from ..schema import ID_FIELD, CollectionSpec
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """How far the vector index of a collection has got: rows in flushed segments that have their
+    graph, and rows in flushed segments still waiting for it (searched exactly meanwhile). Writes
+    not flushed yet are in neither: the engines search them exactly until a flush."""
+
+    indexed_rows: int
+    pending_rows: int
+
+    @property
+    def built(self) -> bool:
+        """Whether every flushed row is indexed."""
+        return self.pending_rows == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"indexed_rows": self.indexed_rows, "pending_rows": self.pending_rows, "built": self.built}
 
 
 class Engine(ABC):
@@ -103,6 +122,15 @@ class Engine(ABC):
         """The rows of ``ids`` (at most ~1000, checked) with ``fields``; ids not stored are left
         out, the order is not guaranteed."""
 
+    # Whether `columns` reads stored vectors as arrays, far cheaper than a search handing out each
+    # hit's vector as a list: then a search whose later stages need its candidates' vectors asks
+    # for their ids only and reads the vectors after.
+    gathers_vectors = False
+
+    def columns(self, name: str, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """``fields`` of the stored ``ids`` (at most ~1000, checked) by id; ids not stored are left out."""
+        return {row[ID_FIELD]: row for row in self.get(name, ids, [ID_FIELD, *fields])}
+
     @abstractmethod
     def search(
         self,
@@ -168,14 +196,27 @@ class Engine(ABC):
         """How many documents match ``expr`` ("" for all)."""
 
     @abstractmethod
-    def iterate(self, name: str, batch_size: int, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
-        """Every document with ``fields``, in batches of at most ``batch_size`` rows. Writes made
-        while iterating may or may not be seen; each batch is read consistently."""
+    def iterate(
+        self, name: str, batch_size: int, fields: list[str], expr: str = ""
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every document with ``fields`` (those matching the filter ``expr``; "" for all), in
+        batches of at most ``batch_size`` rows. Writes made while iterating may or may not be
+        seen; each batch is read consistently."""
 
     @abstractmethod
-    def wait_for_index(self, name: str) -> None:
-        """Return once the vector index covers every flushed row of ``name`` (the engines build
-        it in the background after a flush; searches are correct meanwhile, only slower)."""
+    def index_state(self, name: str) -> IndexState:
+        """The vector index's progress over the flushed rows of ``name`` (physical rows: an
+        overwritten or deleted version counts until a compaction drops it)."""
+
+    @abstractmethod
+    def wait_for_index(self, name: str, timeout: float | None = None) -> IndexState:
+        """Return once the vector index covers every row of ``name`` flushed before the call (the
+        engines build it in the background after a flush; searches are correct meanwhile). Rows
+        flushed by other writers during the wait may still be pending in the state returned.
+
+        Raises:
+            IndexTimeoutError: ``timeout`` seconds passed first (the build goes on).
+        """
 
     @abstractmethod
     def close(self) -> None:

@@ -33,7 +33,7 @@ from pymilvus import DataType, Function, FunctionType, MilvusClient
 
 from ..config import Settings
 from ..documents import id_filter
-from ..errors import EngineUnavailableError, InvalidInputError, LookalikeError
+from ..errors import EngineUnavailableError, IndexTimeoutError, InvalidInputError, LookalikeError
 from ..schema import (
     ID_FIELD,
     ID_MAX_LENGTH,
@@ -44,7 +44,7 @@ from ..schema import (
     spec_from_description,
     spec_loads,
 )
-from .base import Engine
+from .base import Engine, IndexState
 from .errors import redact_uri, translate_engine_error
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ T = TypeVar("T")
 
 # Deleted rows stay visible to Session reads on a 2.3 server for 0.2-0.5 s (measured).
 STRONG_AFTER_DELETE_SECONDS = 2.0
+
+# How often a wait for the index asks the server for its progress (pymilvus's own wait: 0.5 s).
+INDEX_POLL_SECONDS = 0.5
 
 # The first Milvus with full-text search (BM25 functions, sparse BM25 indexes).
 FULL_TEXT_VERSION = (2, 5)
@@ -240,7 +243,9 @@ class ServerEngine(Engine):
                           **self._read_options(name))
         return int(rows[0]["count(*)"])
 
-    def iterate(self, name: str, batch_size: int, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+    def iterate(
+        self, name: str, batch_size: int, fields: list[str], expr: str = ""
+    ) -> Iterator[list[dict[str, Any]]]:
         # Pages of the smallest keys after the last one seen, as pymilvus's query_iterator asks
         # for them, but with that key written as an escaped literal: the iterator pastes it in
         # raw, so an id with a quote breaks an export and one like `b" or id != "` never ends.
@@ -248,6 +253,8 @@ class ServerEngine(Engine):
         last: str | None = None
         while True:
             after = f"{ID_FIELD} > {json.dumps(last, ensure_ascii=False)}" if last is not None else f'{ID_FIELD} >= ""'
+            if expr:
+                after = f"({expr}) and {after}"
             batch = self._read(f"read {name!r}", self.milvus.query, name, filter=after, limit=batch_size,
                                output_fields=wanted, **self._read_options(name))
             if not batch:
@@ -257,19 +264,33 @@ class ServerEngine(Engine):
             yield batch
             last = batch[-1][ID_FIELD]
 
-    def wait_for_index(self, name: str) -> None:
-        # The server reports the rows its index builders have not reached yet; give up waiting
-        # after 10 minutes (searches are correct meanwhile, only slower).
-        action = f"wait for the index of {name!r}"
-        deadline = time.monotonic() + 600
+    def index_state(self, name: str) -> IndexState:
+        action = f"read the index state of {name!r}"
+        indexed = pending = 0
+        for index_name in self._read(action, self.milvus.list_indexes, name, field_name=VECTOR_FIELD):
+            info = self._read(action, self.milvus.describe_index, name, index_name) or {}
+            total = int(info.get("total_rows") or 0)
+            indexed += int(info.get("indexed_rows") or 0)
+            pending += max(int(info.get("pending_index_rows") or 0), total - int(info.get("indexed_rows") or 0))
+        return IndexState(indexed_rows=indexed, pending_rows=pending)
+
+    def wait_for_index(self, name: str, timeout: float | None = None) -> IndexState:
+        # A server sends no signal when its index nodes finish: ask for the progress as pymilvus's
+        # own wait (wait_for_creating_index) does, twice a second.
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            pending = 0
-            for index_name in self._read(action, self.milvus.list_indexes, name):
-                info = self._read(action, self.milvus.describe_index, name, index_name) or {}
-                pending += int(info.get("pending_index_rows") or 0)
-            if not pending or time.monotonic() > deadline:
-                return
-            time.sleep(0.5)
+            state = self.index_state(name)
+            if state.built:
+                return state
+            if deadline is not None and time.monotonic() >= deadline:
+                raise IndexTimeoutError(
+                    f"the index of {name!r} was not built within {timeout:g} s: {state.indexed_rows} rows "
+                    f"indexed, {state.pending_rows} pending on {self.location} (the build goes on; searches "
+                    f"are correct meanwhile): wait again, or with a longer timeout",
+                    state.indexed_rows, state.pending_rows,
+                )
+            left = INDEX_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            time.sleep(min(INDEX_POLL_SECONDS, max(0.0, left)))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

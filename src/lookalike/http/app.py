@@ -25,6 +25,7 @@ from ..embedding import registered_embedder
 from ..errors import LookalikeError
 from ..retrieval import SimilarRequest, check_limit
 from ..schema import creation_options
+from . import explorer
 from .errors import declared, error_response, install_error_handlers
 from .limits import BodyLimit, max_body_from, max_limit_from
 from .models import (
@@ -35,6 +36,8 @@ from .models import (
     FUSION_WEIGHTS_DESCRIPTION,
     KEYWORDS_DESCRIPTION,
     KEYWORDS_FIELD_DESCRIPTION,
+    Cluster,
+    ClusterRequest,
     CollectionDescription,
     CollectionSchema,
     Count,
@@ -47,6 +50,12 @@ from .models import (
     Hit,
     Indexed,
     IndexRequest,
+    IndexState,
+    MapRequest,
+    MapSample,
+    NearDuplicates,
+    NearDuplicatesRequest,
+    Readiness,
     RetrieveSimilarBatchRequest,
     RetrieveSimilarRequest,
     Status,
@@ -54,6 +63,10 @@ from .models import (
     one_filter,
 )
 from .organisations import Organisations, authenticator
+
+# A wait for the index holds one of the service's worker threads: bounded, unlike the library's.
+DEFAULT_WAIT_SECONDS = 60.0
+MAX_WAIT_SECONDS = 600.0
 
 COLLECTIONS = "/v1/{codops}/collections"
 COLLECTION = COLLECTIONS + "/{name}"
@@ -139,15 +152,17 @@ def create_app(
         """Liveness: the process answers (no token needed)."""
         return _JSON({"status": "ok"})
 
-    @app.get("/ready", tags=["service"], operation_id="ready", response_model=Status,
+    @app.get("/ready", tags=["service"], operation_id="ready", response_model=Readiness,
              responses={503: {"model": Error, "description": "the engine cannot be reached"}})
     def ready() -> Response:
-        """Readiness: the engine answers for the service's own organisation (``CODOPS``)."""
+        """Readiness: the engine answers for the service's own organisation (``CODOPS``); the index
+        state of each of its collections (ready either way: searches are correct while they build)."""
         try:
-            organisations.client(settings.codops).list_collections()
+            client = organisations.client(settings.codops)
+            states = {name: client.collection(name).describe()["index"] for name in client.list_collections()}
         except LookalikeError as exc:
             return error_response(503, "not_ready", str(exc))
-        return _JSON({"status": "ready"})
+        return _JSON({"status": "ready", "collections": states})
 
     # -- collections -------------------------------------------------------------------------
 
@@ -175,6 +190,14 @@ def create_app(
     def describe(client: Org, name: Name) -> Response:
         """The collection's schema, indexes, engine and document count."""
         return _JSON(client.describe(name))
+
+    @app.get(COLLECTION + "/wait_for_index", tags=["collections"], operation_id="wait_for_index",
+             response_model=IndexState, responses=declared(400, *_ANY, 504))
+    def wait_for_index(client: Org, name: Name, timeout: Annotated[float, Query(
+            ge=0, le=MAX_WAIT_SECONDS, description="seconds to wait at most")] = DEFAULT_WAIT_SECONDS) -> Response:
+        """Wait until the vector index covers every document indexed before the request; 504 past
+        ``timeout`` (the build goes on)."""
+        return _JSON(client.wait_for_index(name, timeout))
 
     @app.delete(COLLECTION, tags=["collections"], operation_id="drop_collection",
                 response_model=Dropped, responses=declared(400, *_ANY, 507))
@@ -309,4 +332,44 @@ def create_app(
             limit=check_limit(limit, max_limit), exclude_ids=exclude_ids,
             output_fields=output_fields, **given)))
 
+    # -- the map -----------------------------------------------------------------------------
+
+    @app.post(COLLECTION + "/map", tags=["map"], operation_id="map_sample",
+              response_model=MapSample, responses=declared(400, *_ANY, 413))
+    def map_sample(client: Org, name: Name, body: MapRequest) -> Response:
+        """A 2-D map (PCA) of a sample of the collection, with ``ids`` and ``texts`` placed on it."""
+        return _JSON(client.map_sample(name, **body.options()))
+
+    @app.get(COLLECTION + "/map", tags=["map"], operation_id="map_sample_in_url",
+             response_model=MapSample, responses=_READ)
+    def map_sample_in_url(
+        client: Org,
+        name: Name,
+        sample: Annotated[int, Query(description="documents to sample, in [2, 20000]")] = 2000,
+        seed: Annotated[int, Query(description="picks the sample")] = 0,
+        color_field: Annotated[str | None, Query(description="a scalar field each point carries "
+                                                             "as `color`")] = None,
+        ids: Annotated[list[str] | None, Query(description="stored ids to place on the map "
+                                                           "(repeat)")] = None,
+    ) -> Response:
+        """``map_sample`` in a URL (texts to place need the POST body)."""
+        return _JSON(client.map_sample(name, sample=sample, seed=seed, color_field=color_field, ids=ids))
+
+    # -- clusters and near-duplicates --------------------------------------------------------
+
+    @app.post(COLLECTION + "/cluster", tags=["clusters"], operation_id="cluster",
+              response_model=list[Cluster], responses=declared(400, *_ANY, 413, 507))
+    def cluster(client: Org, name: Name, body: ClusterRequest) -> Response:
+        """Group the documents by k-means (``k``) or by a similarity ``threshold``: each cluster's
+        size, medoid, members and distinguishing words; ``field`` receives each label."""
+        return _JSON(client.cluster(name, **body.options()))
+
+    @app.post(COLLECTION + "/near-duplicates", tags=["clusters"], operation_id="near_duplicates",
+              response_model=NearDuplicates, responses=declared(400, *_ANY, 413))
+    def near_duplicates(client: Org, name: Name, body: NearDuplicatesRequest) -> Response:
+        """Pairs of documents at or above ``threshold`` (a batched self-search of the index) and
+        the groups they link."""
+        return _JSON(client.near_duplicates(name, **body.options()))
+
+    explorer.install(app)
     return app

@@ -37,6 +37,7 @@ _WHEN = {
     413: "the request body is over the service's maximum",
     422: "malformed request: not JSON, or a body, path or query parameter of the wrong shape",
     503: "the engine is unavailable or failed (data directory held, damaged, server down)",
+    504: "the vector index was not built within the timeout asked for (the build goes on)",
     507: "the disk holding the data directory is full",
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from ..errors import InvalidInputError
 from ..retrieval import SimilarRequest, check_limit
@@ -220,6 +220,85 @@ class RetrieveSimilarBatchRequest(BaseModel):
         return [request.to_request(max_limit) for request in self.requests]
 
 
+class MapRequest(BaseModel):
+    """What ``map_sample`` draws: a sample of the collection, and ids and texts placed on it."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"sample": 500, "seed": 0, "color_field": "language", "ids": ["a1", "a4"]},
+    ]})
+
+    sample: int = Field(2000, description="documents to sample, in [2, 20000]",
+                        json_schema_extra={"minimum": 2, "maximum": 20000})
+    seed: int = Field(0, description="picks the sample: the same seed and documents give the same map",
+                      json_schema_extra={"minimum": 0})
+    color_field: str | None = Field(None, description="a scalar field each point carries as `color`")
+    ids: list[str] | None = Field(None, description="stored ids to place on the map (a query and "
+                                                    "its hits); ids not stored are left out")
+    texts: list[str] | None = Field(None, description="texts to place on the map, embedded with the "
+                                                      "collection's model")
+
+    @field_validator("sample", "seed", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: Any) -> Any:
+        # pydantic would read true as 1; the schema says integer, and so does the library.
+        if isinstance(value, bool):
+            raise ValueError("an integer, not true or false")
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The library's keyword arguments."""
+        return self.model_dump()
+
+
+def _not_a_bool(value: Any) -> Any:
+    """pydantic reads true as 1 (and 1.0 as a number): the schema says a number, so does the library."""
+    if isinstance(value, bool):
+        raise ValueError("a number, not true or false")
+    return value
+
+
+NOT_A_BOOL = BeforeValidator(_not_a_bool)
+
+
+class ClusterRequest(BaseModel):
+    """How ``cluster`` groups the documents: ``k`` (k-means) or ``threshold`` (leader clustering)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"k": 8, "filter_expr": 'language == "en"'}, {"threshold": 0.8, "field": "topic"},
+    ]})
+
+    k: Annotated[int | None, NOT_A_BOOL] = Field(
+        None, description="clusters of k-means (spherical for IP/COSINE), in [1, documents]; give k or threshold",
+        json_schema_extra={"minimum": 1})
+    threshold: Annotated[float | None, NOT_A_BOOL] = Field(
+        None, description="leader clustering: a document joins the nearest cluster at least this similar "
+                          "(IP/COSINE, in [-1, 1]; L2: within this squared distance), else starts one")
+    filter_expr: str | None = Field(None, description=FILTER_DESCRIPTION)
+    field: str | None = Field(None, description="an integer field each document's label is written into")
+    seed: Annotated[int, NOT_A_BOOL] = Field(
+        0, description="k-means' start: the same seed and documents give the same clusters",
+        json_schema_extra={"minimum": 0})
+
+    def options(self) -> dict[str, Any]:
+        """The library's keyword arguments."""
+        return self.model_dump()
+
+
+class NearDuplicatesRequest(BaseModel):
+    """Which pairs ``near_duplicates`` reports."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"threshold": 0.95}]})
+
+    threshold: Annotated[float, NOT_A_BOOL] = Field(
+        0.95, description="pairs at or above this similarity (IP/COSINE, in [-1, 1]; L2: at or below this "
+                          "squared distance)")
+    filter_expr: str | None = Field(None, description=FILTER_DESCRIPTION)
+
+    def options(self) -> dict[str, Any]:
+        """The library's keyword arguments."""
+        return self.model_dump()
+
+
 class IndexRequest(BaseModel):
     """Documents to store."""
 
@@ -282,6 +361,22 @@ class EmbedderInfo(BaseModel):
     dim: int
 
 
+class IndexState(BaseModel):
+    """How far the vector index has got (``Collection.wait_for_index()``): rows flushed to segments
+    that have their HNSW graph, and rows whose graph is still being built (searched exactly meanwhile)."""
+
+    indexed_rows: int
+    pending_rows: int
+    built: bool = Field(description="no row pending")
+
+
+class Readiness(BaseModel):
+    """The service answers, and the index state of each collection of its own organisation."""
+
+    status: str
+    collections: dict[str, IndexState] = Field(default_factory=dict)
+
+
 class CollectionDescription(BaseModel):
     """A collection's schema, indexes, engine and document count (``Collection.describe()``)."""
 
@@ -293,6 +388,68 @@ class CollectionDescription(BaseModel):
     metric: str
     engine: str
     count: int
+    index: IndexState
+
+
+class MapPoint(BaseModel):
+    id: str
+    x: float
+    y: float
+    color: str | int | float | bool | None = Field(None, description="the value of `color_field`")
+
+
+class ProjectedPoint(BaseModel):
+    """A given id or text on the map."""
+
+    id: str | None = None
+    text: str | None = None
+    x: float
+    y: float
+
+
+class MapBasis(BaseModel):
+    """The projection: a vector ``v`` lies at ``components @ (v - mean)``."""
+
+    mean: list[float]
+    components: list[list[float]] = Field(description="the first two principal axes")
+    explained_variance_ratio: list[float] = Field(description="the share of the sample's "
+                                                              "variance along each axis")
+
+
+class MapSample(BaseModel):
+    """A 2-D map of a sample of the collection (PCA)."""
+
+    points: list[MapPoint]
+    projected: list[ProjectedPoint] = Field(description="the ids and texts asked for, placed "
+                                                        "on the same map")
+    basis: MapBasis | None = Field(description="null when the collection is empty")
+    sample: int = Field(description="documents drawn")
+    count: int = Field(description="documents streamed to draw them")
+    color_field: str | None
+
+
+class Cluster(BaseModel):
+    """One cluster of ``cluster``'s answer (largest first)."""
+
+    label: int = Field(description="its position in the answer, the value written into `field`")
+    size: int
+    medoid: str = Field(description="the member nearest the cluster's centre")
+    ids: list[str] = Field(description="its members, sorted")
+    terms: list[str] = Field(description="words that set it apart (class-based TF-IDF over the text "
+                                         "field), best first; empty without a text field")
+
+
+class NearDuplicatePair(BaseModel):
+    a: str
+    b: str = Field(description="the other id (a < b)")
+    score: float = Field(description="their similarity (L2: squared distance)")
+
+
+class NearDuplicates(BaseModel):
+    """Near-duplicate pairs, best first, and the groups they link, largest first."""
+
+    pairs: list[NearDuplicatePair]
+    groups: list[list[str]] = Field(description="sorted ids of each connected set of pairs")
 
 
 class Indexed(BaseModel):

@@ -27,13 +27,14 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
 from ...config import Settings
-from ...errors import EngineUnavailableError, InvalidInputError, LookalikeError
+from ...errors import EngineUnavailableError, IndexTimeoutError, InvalidInputError, LookalikeError, StorageError
 from ...schema import (
     ID_FIELD,
     ID_MAX_LENGTH,
@@ -46,10 +47,11 @@ from ...schema import (
     spec_from_description,
     spec_loads,
 )
-from ..base import Engine
+from ..base import Engine, IndexState
 from ..errors import translate_lite_error
 from . import patches
 from .direct import engine_rows, json_decoder, write_columns, writes_columns
+from .patches.build_window import handed_off
 
 T = TypeVar("T")
 
@@ -61,6 +63,8 @@ logging.getLogger("milvus_lite").addHandler(logging.NullHandler())
 # Milvus Lite keeps its data in a directory that pymilvus named like a file: keep the name, so
 # data written through pymilvus opens here.
 LITE_FILE = "milvus.db"
+# Background tasks in a row that leave the same segments without a graph before a wait gives up.
+MAX_STALLED_WAITS = 3
 # Lite's only scalar index.
 DEFAULT_SCALAR_INDEX = "INVERTED"
 # A full-text field's sparse index, with BM25's usual constants set here (Milvus servers default
@@ -318,6 +322,45 @@ class LiteEngine(Engine):
 
         return self._reading(name, f"read {name!r}", get)
 
+    gathers_vectors = True
+
+    def columns(self, name: str, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        # The engine's own lookup (Collection.get), values taken a column at a time: `get` and a
+        # search's hits turn each row into Python objects, a vector into a list of 768 floats.
+        # Measured at 100k × 768 (CPU p50): a search of 100 hits with their vectors 4.0 ms, of their
+        # ids then this 2.1 ms; for scalar fields a search hands them out cheaper (2.0 against 2.2 ms).
+        # Ids in the memtable go through `get`.
+        def gather(col: Any) -> dict[str, dict[str, Any]]:
+            segments, tombstones = col._read_snapshot()
+            located: dict[int, tuple[Any, list[str], list[int]]] = {}  # segment -> its ids and rows
+            unsealed = []
+            for pk in ids:
+                if col._memtable.get(pk) is not None or col._memtable.is_locally_deleted(pk):
+                    unsealed.append(pk)
+                    continue
+                best = None  # (seq, segment, row) of the newest version
+                for seg in segments:
+                    row = seg.find_row(pk)
+                    if row is not None and (best is None or int(seg.seqs[row]) > best[0]):
+                        best = (int(seg.seqs[row]), seg, row)
+                if best is not None and not tombstones.is_deleted(pk, best[0]):
+                    entry = located.setdefault(id(best[1]), (best[1], [], []))
+                    entry[1].append(pk)
+                    entry[2].append(best[2])
+            decode = json_decoder(col)
+            found: dict[str, dict[str, Any]] = {}
+            for seg, pks, rows in located.values():
+                values = {field: seg.vector_data(field)[0][rows] if field == VECTOR_FIELD
+                          else seg.table.column(field).take(rows).to_pylist() for field in fields}
+                for k, pk in enumerate(pks):
+                    found[pk] = decode({field: values[field][k] for field in fields})
+            if unsealed:
+                found.update((row[ID_FIELD], decode(row))
+                             for row in col.get(unsealed, output_fields=[ID_FIELD, *fields]))
+            return found
+
+        return self._reading(name, f"read {name!r}", gather)
+
     def search(
         self,
         name: str,
@@ -329,7 +372,7 @@ class LiteEngine(Engine):
         search_params: Mapping[str, Any],
         anns_field: str,
     ) -> list[list[dict[str, Any]]]:
-        queries = [np.asarray(q, dtype=np.float32).tolist() for q in data]
+        queries = [np.asarray(q, dtype=np.float32) for q in data]  # rows: the engine stacks them
 
         def search(col: Any) -> list[list[dict[str, Any]]]:
             hits = col.search(
@@ -381,16 +424,19 @@ class LiteEngine(Engine):
 
         return self._reading(name, f"count {name!r}", count)
 
-    def iterate(self, name: str, batch_size: int, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
+    def iterate(
+        self, name: str, batch_size: int, fields: list[str], expr: str = ""
+    ) -> Iterator[list[dict[str, Any]]]:
         # Pages in primary-key order after the last key seen, as pymilvus's query iterator asks
         # them of the engine; each page is read under the lock, and yielded outside it.
         last: str | None = None
         while True:
-            expr = f"{ID_FIELD} > {json.dumps(last, ensure_ascii=False)}" if last is not None else None
+            after = f"{ID_FIELD} > {json.dumps(last, ensure_ascii=False)}" if last is not None else ""
+            query = f"({expr}) and {after}" if expr and after else (expr or after or None)
 
-            def page(col: Any, expr: str | None = expr) -> list[dict[str, Any]]:
+            def page(col: Any, query: str | None = query) -> list[dict[str, Any]]:
                 decode = json_decoder(col)
-                rows = col.query(expr, output_fields=fields, limit=batch_size, order_by_pk=True)
+                rows = col.query(query, output_fields=fields, limit=batch_size, order_by_pk=True)
                 return [decode(row) for row in rows]
 
             batch = self._reading(name, f"read {name!r}", page)
@@ -399,11 +445,47 @@ class LiteEngine(Engine):
             yield batch
             last = batch[-1][ID_FIELD]
 
-    def wait_for_index(self, name: str) -> None:
-        col = self._reading(name, f"wait for the index of {name!r}", lambda col: col)
-        with self._errors(f"wait for the index of {name!r}"):
-            for _ in range(2):  # an index build may schedule a compaction, which schedules a build
-                col._wait_for_bg()
+    def index_state(self, name: str) -> IndexState:
+        return self._reading(name, f"read the index state of {name!r}", _index_state)
+
+    def wait_for_index(self, name: str, timeout: float | None = None) -> IndexState:
+        # The engine's signal: its one background worker builds the graphs of every segment it
+        # finds unindexed, task after task; a task queued behind the pending builds completes
+        # once they are done. It is waited on outside the lock, so writers go on meanwhile.
+        action = f"wait for the index of {name!r}"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        col = self._reading(name, action, lambda col: col)
+        # Rows written before this call have smaller sequence numbers, in whichever segment a
+        # compaction moves them to; later writers' segments are not waited for.
+        before = col._next_seq
+
+        def waited_for() -> set[int]:
+            return {id(seg) for seg in _pending_segments(col) if int(seg.seqs.min()) < before}
+
+        with self._errors(action):
+            pending, stalls = waited_for(), 0
+            while pending:
+                if stalls == MAX_STALLED_WAITS:
+                    raise StorageError(
+                        f"the engine did not build the vector index of {name!r} in {self.location} (its log "
+                        f"says why): searches stay correct, only slower; reopen the collection to retry"
+                    )
+                if stalls:  # the last task changed nothing (it failed, logged by the engine): another
+                    col._schedule_bg_maintenance()
+                try:
+                    col._wait_for_bg(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    state = self.index_state(name)
+                    raise IndexTimeoutError(
+                        f"the index of {name!r} was not built within {timeout:g} s: {state.indexed_rows} rows "
+                        f"indexed, {state.pending_rows} pending (the build goes on; searches are exact over "
+                        f"the pending rows meanwhile): wait again, or with a longer timeout",
+                        state.indexed_rows, state.pending_rows,
+                    ) from None
+                now = waited_for()
+                stalls = stalls + 1 if now == pending else 0
+                pending = now
+        return self.index_state(name)
 
     def close(self) -> None:
         if self._closed:
@@ -558,3 +640,22 @@ def _spec_of(col: Any) -> CollectionSpec:
                                "params": info.get("build_params") or {}}
     return spec_from_description({"fields": fields}, indexes)
 
+
+def _vector_index_specs(col: Any) -> list[Any]:
+    """The engine's index specs of dense vector fields (the ones built per segment in the background)."""
+    return [spec for spec in col._index_specs.values() if spec.field_name == VECTOR_FIELD]
+
+
+def _pending_segments(col: Any) -> list[Any]:
+    """The engine's flushed segments still without their vector index, but for those a compaction
+    wrote whose rows the replaced segments' graphs serve meanwhile (``patches.build_window``)."""
+    if not _vector_index_specs(col) or col.load_state != "loaded":
+        return []
+    return [seg for seg in col._segments_snapshot()
+            if seg.num_rows and VECTOR_FIELD not in seg.indexes and not handed_off(seg)]
+
+
+def _index_state(col: Any) -> IndexState:
+    segments = col._segments_snapshot()
+    pending = sum(seg.num_rows for seg in _pending_segments(col))
+    return IndexState(indexed_rows=sum(seg.num_rows for seg in segments) - pending, pending_rows=pending)

@@ -171,6 +171,17 @@ def _live_masks(
 
 # ── the search path ─────────────────────────────────────────────────────────
 
+# One source's top-k for every query: distances, source numbers, local row ids.
+_Part = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def search_sources(search: Callable[..., _Part | None], sources: list[tuple[Any, ...]]) -> list[_Part | None]:
+    """``search(*source)`` for each source (segment or memtable), in order, one after another.
+
+    ``patches/parallel.py`` replaces this function to search several sources at once.
+    """
+    return [search(*source) for source in sources]
+
 
 def _needed_columns(output_fields: list[str] | None, pk_field: str) -> set[str] | None:
     """Columns a hit's projection can read; None means all (no list, or "*")."""
@@ -180,13 +191,18 @@ def _needed_columns(output_fields: list[str] | None, pk_field: str) -> set[str] 
     return set(output_fields) | {pk_field, "$meta"}
 
 
-def _segment_row(seg: Any, row: int, names: set[str] | None) -> dict:
-    """``Segment.row_to_dict`` restricted to *names* (all columns when None)."""
+def _segment_row(seg: Any, row: int, names: set[str] | None, pk_field: str, columns: tuple[str, ...]) -> dict:
+    """``Segment.row_to_dict`` restricted to *names* (all columns when None); ``columns``: the
+    segment's column names, read once per search (``table.schema`` is a new object per access)."""
     if names is None:
         return seg.row_to_dict(row)
     record: dict = {}
-    for name in seg.table.schema.names:
-        if name in names and name != "_seq":
+    for name in columns:
+        if name == pk_field and name in names:
+            # The segment's pk column as a list already: no Arrow scalar per hit (~2/3 of the
+            # materialisation when only ids are asked for).
+            record[name] = seg.pks[row]
+        elif name in names and name != "_seq":
             record[name] = seg.table.column(name)[row].as_py()
     meta = record.get("$meta")
     if meta is not None:
@@ -268,13 +284,9 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
 
         # Per-source top-k, as (distance, source, local id) arrays; sources are the
         # segments in order, then the memtable.
-        dist_parts: list[np.ndarray] = []
-        src_parts: list[np.ndarray] = []
-        lid_parts: list[np.ndarray] = []
-
-        def recall(source: int, mask: np.ndarray, vectors: np.ndarray, index: Any) -> None:
+        def recall(source: int, mask: np.ndarray, vectors: np.ndarray, index: Any) -> _Part | None:
             if not mask.any():
-                return
+                return None
             if index is None:
                 index = BruteForceIndex.build(vectors, metric_type)
             # None = all rows valid: skips the selector, which bounds ANN traversal.
@@ -284,16 +296,21 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
             )
             # The engine stops at the first -1 (padding) of each row.
             keep = np.cumprod(lids >= 0, axis=1).astype(bool)
-            dist_parts.append(np.where(keep, dists, np.inf))
-            src_parts.append(np.full(lids.shape, source, dtype=np.int64))
-            lid_parts.append(np.where(keep, lids, -1))
+            return (np.where(keep, dists, np.inf), np.full(lids.shape, source, dtype=np.int64),
+                    np.where(keep, lids, -1))
 
+        sources: list[tuple[int, np.ndarray, np.ndarray, Any]] = []
         for i, seg in enumerate(in_scope):
             vectors, null_mask = seg.vector_data(vector_field)
             mask = seg_live[i] if null_mask is None else seg_live[i] & null_mask
-            recall(i, mask, vectors, seg.indexes.get(vector_field))
+            sources.append((i, mask, vectors, seg.indexes.get(vector_field)))
         if mt_pks:
-            recall(len(in_scope), mt_live, mt_vecs, None)
+            sources.append((len(in_scope), mt_live, mt_vecs, None))
+        # Looked up per call: the parallel group replaces it with a pool over the sources.
+        parts = [part for part in search_sources(recall, sources) if part is not None]
+        dist_parts = [part[0] for part in parts]
+        src_parts = [part[1] for part in parts]
+        lid_parts = [part[2] for part in parts]
 
         if project_record_fn is not None:
             project = project_record_fn
@@ -308,6 +325,7 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
 
         names = _needed_columns(output_fields, pk_field)
         n_seg = len(in_scope)
+        columns: dict[int, tuple[str, ...]] = {}  # source -> its column names
         results: list[list[dict]] = []
         if not dist_parts:
             return [[] for _ in range(nq)]
@@ -323,7 +341,10 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
             for j in order:
                 source, local_id = int(s[j]), int(lid[j])
                 if source < n_seg:
-                    record = _segment_row(in_scope[source], local_id, names)
+                    seg = in_scope[source]
+                    if source not in columns:
+                        columns[source] = tuple(seg.table.schema.names)
+                    record = _segment_row(seg, local_id, names, pk_field, columns[source])
                     pk = record[pk_field] if pk_field in record else in_scope[source].pks[local_id]
                 else:
                     batch_idx, row_idx = mt_row_refs[local_id]
@@ -374,11 +395,12 @@ def _make_fast_num_entities(original: Callable[..., Any]) -> Callable[..., Any]:
 def _make_hnsw_search(original: Callable[..., Any]) -> Callable[..., Any]:
     """Build the replacement for ``FaissHnswIndex.search`` (same signature and results).
 
-    Two changes: a filtered search passes its mask to FAISS as an ``IDSelectorBitmap`` instead
+    Three changes: a filtered search passes its mask to FAISS as an ``IDSelectorBitmap`` instead
     of an ``IDSelectorBatch`` (a hash set rebuilt per call and probed per visited node: 2.4x
     slower on a 44k-row segment with a 20% filter; the selected set, hence the traversal and
-    the result, is the same), and FAISS's output is converted to the engine's distance
-    convention with numpy instead of a Python loop over every (query, hit).
+    the result, is the same), FAISS's output is converted to the engine's distance
+    convention with numpy instead of a Python loop over every (query, hit), and ef is passed
+    with each call instead of set on the graph that concurrent searches share.
     """
     import faiss
 
@@ -402,7 +424,8 @@ def _make_hnsw_search(original: Callable[..., Any]) -> Callable[..., Any]:
             norms = np.linalg.norm(queries, axis=1, keepdims=True)
             queries = queries / np.where(norms == 0, 1.0, norms)
         ef = int((params or {}).get("ef", 64))
-        self._index.hnsw.efSearch = ef
+        # ef goes with the call, not onto the shared graph (the engine sets hnsw.efSearch):
+        # concurrent searches with different ef would otherwise race for it.
         queries_c = np.ascontiguousarray(queries, dtype=np.float32)
         if valid_mask is not None:
             if valid_mask.shape[0] != self.num_vectors:
@@ -417,7 +440,7 @@ def _make_hnsw_search(original: Callable[..., Any]) -> Callable[..., Any]:
             sp = faiss.SearchParametersHNSW(sel=sel, efSearch=ef)
             faiss_dists, faiss_ids = self._index.search(queries_c, top_k, params=sp)
         else:
-            faiss_dists, faiss_ids = self._index.search(queries_c, top_k)
+            faiss_dists, faiss_ids = self._index.search(queries_c, top_k, params=_ef_params(ef))
         # Same conversion as the engine's per-hit loop, in float64 then stored as float32.
         d = faiss_dists.astype(np.float64)
         ok = (faiss_ids >= 0) & (d < 1e30)
@@ -432,6 +455,16 @@ def _make_hnsw_search(original: Callable[..., Any]) -> Callable[..., Any]:
         result_ids[ok] = faiss_ids[ok]
         result_dists[ok] = conv[ok]
         return result_ids, result_dists
+
+    by_ef: dict[int, Any] = {}
+
+    def _ef_params(ef: int) -> Any:
+        # FAISS only reads them: one object per ef, shared by every search (its constructor
+        # costs as much Python time as the rest of this function).
+        params = by_ef.get(ef)
+        if params is None:
+            params = by_ef[ef] = faiss.SearchParametersHNSW(efSearch=ef)
+        return params
 
     search.__doc__ = original.__doc__
     search.__wrapped__ = original  # type: ignore[attr-defined]
