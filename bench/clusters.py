@@ -229,7 +229,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "languages | time |", "|---|---|---|---|---|---|"]
         for r in c["near_duplicates"]:
             lines.append(f"| {r['threshold']} | {r['pairs_found']:,} | {r['precision']:.3f} | {r['recall']:.3f} | "
-                         f"{r['precision_across_languages']:.3f} | {r['seconds']:.1f} s |")
+                         f"{_figure(r.get('precision_across_languages'))} | {r['seconds']:.1f} s |")
         lines += ["", f"True pairs: {c['near_duplicates'][0]['true_pairs']:,} (two translations of one "
                   "description)."]
     s = result.get("synthetic")
@@ -241,6 +241,11 @@ def markdown(result: dict[str, Any]) -> str:
                   f"({s['pairs_found']:,} pairs found, {s['true_pairs']:,} planted; indexing took "
                   f"{s['index_seconds']:.0f} s)."]
     return "\n".join(lines) + "\n"
+
+
+def _figure(value: float | None) -> str:
+    """A ratio for the table; a dash where an older run did not measure it."""
+    return "–" if value is None else f"{value:.3f}"
 
 
 def main() -> None:

@@ -221,6 +221,38 @@ def http_level(url: str, headers: dict[str, str], path: str, bodies: list[bytes]
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
+def parallel_vs_sequential(col: Any, ds: data.Dataset, efs: tuple[int, ...] = (64, 256), n: int = 200,
+                           rounds: int = 3) -> list[dict[str, Any]]:
+    """Single-query p50 with the segments searched by the pool (``patches/parallel.py``) and one
+    after another (the search group's own step), alternating rounds, with the same answers."""
+    from lookalike.engines.lite.patches import search as lite_search
+
+    pooled = lite_search.search_sources
+    steps = {"parallel": pooled, "sequential": getattr(pooled, "__wrapped__", pooled)}
+    out = []
+    for ef in efs:
+        lat: dict[str, list[float]] = {name: [] for name in steps}
+        found: dict[str, list[list[str]]] = {}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                lite_search.search_sources = step
+                hits = []
+                for q in ds.queries[:n]:
+                    began = time.perf_counter()
+                    hits.append([h["id"] for h in col.similar(vectors=q, limit=K, search_params={"ef": ef})])
+                    lat[name].append(time.perf_counter() - began)
+                found[name] = hits
+        lite_search.search_sources = pooled
+        rows = [[int(i[4:]) for i in h] for h in found["parallel"]]
+        row = {"ef": ef, "recall": round(data.recall(rows, ds.truth[:n]), 4),
+               "same_answers": found["parallel"] == found["sequential"],
+               **{f"{name}_p50_ms": round(float(np.percentile(v, 50)) * 1e3, 3) for name, v in lat.items()}}
+        out.append(row)
+        print(f"ef {ef}: parallel p50 {row['parallel_p50_ms']} ms, sequential {row['sequential_p50_ms']} ms, "
+              f"recall {row['recall']}, same answers {row['same_answers']}", flush=True)
+    return out
+
+
 def over_http(workdir: Path, ds: data.Dataset, levels: list[int], requests: int) -> list[dict[str, Any]]:
     """Requests/s, p50 and p99 of ``POST /similar`` at each number of requests in flight."""
     import subprocess
@@ -267,7 +299,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="HTTP requests per level")
     parser.add_argument("--workdir", type=Path, help="keep the collection and the FAISS graph here")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--memtable-mb", type=int,
+                        help="the engine's memtable budget (MiB): smaller makes more segments, to compare "
+                             "searching them in parallel and one after another")
     args = parser.parse_args()
+    if args.memtable_mb:  # read by the engine at import
+        os.environ["MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES"] = str(args.memtable_mb * 2**20)
 
     ds = data.load(args.size)
     with tempfile.TemporaryDirectory(prefix="lookalike-throughput-") as tmp:
@@ -279,8 +316,12 @@ def main() -> None:
         print(f"{args.size} x {ds.vectors.shape[1]} ready after {time.perf_counter() - t0:.0f} s "
               f"({os.cpu_count()} cores)", flush=True)
         levels = [int(x) for x in args.threads.split(",") if x]
+        segments = len(list(workdir.glob("milvus.db/databases/*/collections/*/partitions/*/data/*.parquet")))
         result: dict[str, Any] = {"size": args.size, "ef": EF, "k": K, "hnsw": HNSW, "cores": os.cpu_count(),
+                                  "segments": segments, "memtable_mb": args.memtable_mb,
                                   "in_process": in_process(col, index, ds, levels, args.seconds, args.rounds)}
+        if segments > 1:
+            result["segments_searched"] = parallel_vs_sequential(col, ds)
         client.close()
         http_levels = [int(x) for x in args.in_flight.split(",") if x]
         result["http"] = over_http(workdir, ds, http_levels, args.requests) if http_levels else []

@@ -84,6 +84,15 @@ def test_index_get_count_describe(client, name):
     assert lookalike.schema.spec_from_json(col.spec.to_json()) == col.spec
 
 
+@pytest.mark.parametrize("index_type", ["HNSW", "IVF_FLAT"])
+def test_an_index_without_build_parameters_takes_the_engines_defaults(client, name, index_type):
+    # A 2.3 server refuses an HNSW index without M and efConstruction; Lite builds with its defaults.
+    col = client.create_collection(name, [], {"vec": {"index_type": index_type, "metric_type": "IP"}}, dim=8)
+    docs = [{"id": f"d{i}", "vec": np.eye(8)[i % 8] + 0.01 * i} for i in range(16)]
+    assert col.index(docs) == 16
+    assert col.similar(vectors=np.eye(8)[3].tolist(), limit=1)[0]["id"] in {"d3", "d11"}
+
+
 def test_upsert_replaces_and_insert_refuses_existing_ids(client, name):
     col = client.create_collection(name, SEED_FIELDS, SEED_INDEXES, dim=16)
     col.index(make_docs(10))

@@ -375,3 +375,39 @@ def test_engine_columns_read_the_newest_version(client, name):
         assert np.asarray(got[i]["vec"]) == pytest.approx(np.asarray(row["vec"]))
     assert [got[i]["grp"] for i in ("d000", "d003", "d009")] == ["sealed", "memtable", "g2"]
     client.drop_collection(name)
+
+
+@pytest.mark.parametrize("metric", ["IP", "L2", "COSINE"])
+def test_search_hits_equal_the_search_hits_as_dicts(client, name, metric):
+    """The candidates' columns (``Engine.search_hits``: on Lite, read a segment at a time where
+    the patched search placed the hits) are the hits ``search`` gives as dicts: same ids in the
+    same order, same distances, same field values, with a filter, several segments, the memtable,
+    newer versions and deletes."""
+    fields = [*FIELDS, {"name": "meta", "type": "json"}]
+    col = client.create_collection(name, fields, {"vec": {"index_type": "FLAT", "metric_type": metric}}, dim=DIM)
+    docs = [{**doc, "meta": {"n": i, "tags": ["a", "b"][: i % 3]}} for i, doc in enumerate(_docs())]
+    col.index(docs[:120])
+    col.engine.flush(name)
+    col.index(docs[120:])
+    col.engine.flush(name)
+    col.index([{**doc, "grp": "newer", "vec": (np.asarray(doc["vec"]) * 0.5).tolist()} for doc in docs[:10]])
+    col.delete(["d011", "d150", "d005"])
+    col.engine.wait_for_index(name)
+    queries = [np.asarray(docs[i]["vec"], dtype=np.float32) for i in (0, 7, 130)]
+    wanted = ["id", "grp", "ts", "score", "meta", "vec"]
+    params = {"metric_type": metric, "params": {}}
+    for expr in ("", 'grp != "g3" and ts > 999300', 'grp == "newer"'):
+        call = dict(data=queries, filter=expr, limit=60, output_fields=wanted, search_params=params, anns_field="vec")
+        columns = col.engine.search_hits(name, **call)
+        dicts = col.engine.search(name, **call)
+        assert len(columns) == len(dicts) == 3
+        for got, hits in zip(columns, dicts, strict=True):
+            assert hits, expr
+            assert got.ids.tolist() == [h["id"] for h in hits]
+            assert got.distances.tolist() == [h["distance"] for h in hits]
+            for field in ("grp", "ts", "score", "meta"):
+                assert list(got.fields[field]) == [h["entity"][field] for h in hits], field
+            assert np.asarray(got.fields["vec"], dtype=np.float32).tolist() == \
+                np.asarray([h["entity"]["vec"] for h in hits], dtype=np.float32).tolist()
+            assert not {"d011", "d150", "d005"} & set(got.ids.tolist())
+    client.drop_collection(name)

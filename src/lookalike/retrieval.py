@@ -15,6 +15,7 @@ import numpy as np
 from . import fusion as fusing
 from . import recommend
 from .documents import MIN_COSINE_NORM, as_vector, check_ids, id_filter
+from .engines.base import Hits
 from .errors import InvalidInputError, NotFoundError
 from .schema import DEFAULT_NLIST, ID_FIELD, SEARCH_PARAMS, VECTOR_FIELD, CollectionSpec, shown
 
@@ -287,8 +288,7 @@ class _Plan:
     fetch: int  # hits per query asked of the engine (after exclusions)
     wide: bool  # filtered, or a mean of several examples: HNSW's wider default ef
     fields: list[str]  # the caller's output fields
-    wanted: list[str]  # fields the search returns: the caller's, and the stages' unless gathered
-    gathered: list[str]  # the stages' fields read after the search for the candidates
+    wanted: list[str]  # fields the search returns: the caller's and the stages'
     params: dict[str, Any]
     limit: int
     offset: int
@@ -339,7 +339,7 @@ class SimilarQuery:
         """The hits of each request, in order; requests whose engine calls differ only in their
         query vectors share one call (nq > 1)."""
         plans = [self.plan(request) for request in requests]
-        fetched: list[list[list[dict[str, Any]]] | None] = [None] * len(plans)
+        fetched: list[list[Hits] | None] = [None] * len(plans)
         shared: dict[Any, list[int]] = {}
         for position, plan in enumerate(plans):
             if plan.key is None:
@@ -349,8 +349,8 @@ class SimilarQuery:
         for positions in shared.values():
             first = plans[positions[0]]
             queries = [q for i in positions for q in plans[i].queries]
-            hits = self.engine_search(queries, first.expr, first.fetch, first.wanted, first.params,
-                                      first.request.filter_expr)
+            hits = self.engine_hits(queries, first.expr, first.fetch, first.wanted, first.params,
+                                    first.request.filter_expr)
             for i in positions:
                 fetched[i], hits = hits[: len(plans[i].queries)], hits[len(plans[i].queries):]
         keyword_hits = [self.fetch_keywords(plan) if plan.keywords is not None else None for plan in plans]
@@ -479,13 +479,12 @@ class SimilarQuery:
             queries = [recommend.query_vector(matrix, negatives, weights, self.spec.metric)]
         else:  # keywords alone
             queries = []
-        # the fields the stages read come with the hits, except the candidates' vectors where the
-        # engine reads them by id cheaper than its search hands them out (Engine.gathers_vectors)
-        vectors = VECTOR_FIELD if diversity is not None or strategy == "best_score" else None
-        staged = [f for f in dict.fromkeys((r.group_by, recency.field if recency else None, vectors))
-                  if f and f not in fields]
-        gathered = [VECTOR_FIELD] if VECTOR_FIELD in staged and self.collection.engine.gathers_vectors else []
-        wanted = [*fields, *(f for f in staged if f not in gathered)]
+        # the fields the stages read come with the hits, as columns (Engine.search_hits)
+        vectors = diversity is not None or strategy == "best_score"
+        wanted = list(fields)
+        for extra in (r.group_by, recency.field if recency else None, VECTOR_FIELD if vectors else None):
+            if extra and extra not in wanted:
+                wanted.append(extra)
         averaged = len(matrix) + len(negatives) > 1 and strategy == "average_vector"
         wide = bool(expr) or averaged
         params = search_params_for(self.spec, r.search_params, fetch, wide=wide)
@@ -494,7 +493,7 @@ class SimilarQuery:
             positives=matrix if strategy == "best_score" else matrix[:0],
             negatives=negatives if strategy == "best_score" else negatives[:0],
             labels=labels, expr=expr, excluded=frozenset() if short else unique, fetch=fetch, wide=wide,
-            fields=fields, wanted=wanted, gathered=gathered, params=params, limit=limit, offset=offset, recency=recency,
+            fields=fields, wanted=wanted, params=params, limit=limit, offset=offset, recency=recency,
             min_score=min_score, diversity=None if diversity is None else float(diversity), rescored=rescored,
             keywords=keywords, keywords_field=field_searched, fusion=fusion if keywords is not None else None,
         )
@@ -517,21 +516,21 @@ class SimilarQuery:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    def fetch_dense(self, plan: _Plan, query: np.ndarray) -> list[dict[str, Any]]:
+    def fetch_dense(self, plan: _Plan, query: np.ndarray) -> Hits:
         """``plan.fetch`` nearest neighbours of ``query``, none of them in the long exclusion list."""
 
-        def search(expr: str, size: int) -> list[dict[str, Any]]:
+        def search(expr: str, size: int) -> Hits:
             # the excluded ids pushed into `expr` filter the search as any filter does
             params = search_params_for(self.spec, plan.request.search_params, size, wide=plan.wide or bool(expr))
-            return self.engine_search([query], expr, size, plan.wanted, params, plan.request.filter_expr)[0]
+            return self.engine_hits([query], expr, size, plan.wanted, params, plan.request.filter_expr)[0]
 
         return self.fetch_excluding(plan, search)
 
-    def fetch_keywords(self, plan: _Plan) -> list[dict[str, Any]]:
+    def fetch_keywords(self, plan: _Plan) -> Hits:
         """The keyword route: ``plan.fetch`` best BM25 hits of ``plan.keywords``, with the same
         filter and exclusions as the vector route."""
 
-        def search(expr: str, size: int) -> list[dict[str, Any]]:
+        def search(expr: str, size: int) -> Hits:
             # the keyword route needs no vectors (diversity, which would, is refused with keywords)
             wanted = [f for f in plan.wanted if f != VECTOR_FIELD or f in plan.fields]
             try:
@@ -543,15 +542,13 @@ class SimilarQuery:
                 if plan.request.filter_expr:
                     raise InvalidInputError(f"filter_expr {plan.request.filter_expr!r} was rejected: {exc}") from None
                 raise
-            return _rows(hits, wanted)[0]
+            return Hits.of(hits[0], wanted)
 
         if not plan.excluded:
             return search(plan.expr, plan.fetch)
         return self.fetch_excluding(plan, search)
 
-    def fetch_excluding(
-        self, plan: _Plan, search: Callable[[str, int], list[dict[str, Any]]]
-    ) -> list[dict[str, Any]]:
+    def fetch_excluding(self, plan: _Plan, search: Callable[[str, int], Hits]) -> Hits:
         """``plan.fetch`` hits of ``search(expr, size)`` none of which is in the long exclusion list.
 
         Over-fetches and drops the excluded ids here, the over-fetch growing while too many of
@@ -566,21 +563,22 @@ class SimilarQuery:
         while True:
             expr = combine_filters(plan.expr, id_filter(pushed, negate=True) if pushed else None)
             hits = search(expr, size)
-            kept = [hit for hit in hits if hit["id"] not in excluded]
+            ids = hits.ids.tolist()
+            kept = [k for k, hit in enumerate(ids) if hit not in excluded]
             if len(kept) >= need or len(hits) < size:
-                return kept[:need]
+                return hits.take(kept[:need])
             if size < cap:
                 size = min(cap, OVERFETCH_FACTOR * size)
             else:
-                pushed += [hit["id"] for hit in hits if hit["id"] in excluded]
+                pushed += [hit for hit in ids if hit in excluded]
 
-    def engine_search(
+    def engine_hits(
         self, queries: list[np.ndarray], expr: str, limit: int, wanted: list[str],
         params: dict[str, Any], filter_expr: str | None,
-    ) -> list[list[dict[str, Any]]]:
-        """One engine call for all ``queries``: raw hits ``{'id', 'distance', <wanted fields>}``."""
+    ) -> list[Hits]:
+        """One engine call for all ``queries``: per query, its hits with the ``wanted`` fields as columns."""
         try:
-            hits = self.collection.engine.search(
+            return self.collection.engine.search_hits(
                 self.collection.name,
                 data=queries,
                 filter=expr,
@@ -594,33 +592,40 @@ class SimilarQuery:
             if filter_expr:
                 raise InvalidInputError(f"filter_expr {filter_expr!r} was rejected: {exc}") from None
             raise
-        return _rows(hits, wanted)
+
+    def engine_search(
+        self, queries: list[np.ndarray], expr: str, limit: int, wanted: list[str],
+        params: dict[str, Any], filter_expr: str | None,
+    ) -> list[list[dict[str, Any]]]:
+        """:meth:`engine_hits` as rows ``{'id', 'distance', <wanted fields>}``, per query."""
+        return [[hits.row(i) for i in range(len(hits))]
+                for hits in self.engine_hits(queries, expr, limit, wanted, params, filter_expr)]
 
     # -- the stages ------------------------------------------------------------------------
 
-    def finish(self, plan: _Plan, per_query: list[list[dict[str, Any]]],
-               keyword_hits: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def finish(self, plan: _Plan, per_query: list[Hits], keyword_hits: Hits | None = None) -> list[dict[str, Any]]:
         """The stages after the engine, in the documented order, over the fetched candidates
-        (with ``keyword_hits``, the keyword route's, fused with the vector route's first)."""
+        (with ``keyword_hits``, the keyword route's, fused with the vector route's first).
+
+        The candidates stay columns (ids, scores, fields, vectors) through the stages; only the
+        page's hits become dicts, and only theirs get an ``explain``."""
         r, metric = plan.request, self.spec.metric
         # candidates: one query's hits, or for best_score the union of every example's
-        rows: dict[str, dict[str, Any]] = {}
-        for hits in per_query:
-            for hit in hits:
-                rows.setdefault(hit["id"], hit)
-        cand = list(rows.values())
+        cand = _union(per_query, plan.wanted)
         if not plan.rescored and plan.min_score is None:  # the engine's ranking as it is
-            return [self.shape(plan, row, {"similarity": row["distance"]}) for row in cand[plan.offset:][: plan.limit]]
-        self.complete(plan, cand)
+            page = cand.take(slice(plan.offset, plan.offset + plan.limit))
+            return [self.shape(plan, page.row(i), {"similarity": float(page.distances[i])}) for i in range(len(page))]
         n = len(cand)
-        vectors = self.candidate_vectors(cand) if plan.needs_vectors else None
-        explain: list[dict[str, Any]] = [{} for _ in range(n)]
+        vectors = (np.asarray(cand.fields[VECTOR_FIELD], dtype=np.float32).reshape(n, self.spec.dim)
+                   if plan.needs_vectors else None)
+        explained: Callable[[int], dict[str, Any]]
         if r.strategy == "best_score":
             scores, near_p, near_n = recommend.best_scores(vectors, plan.positives, plan.negatives, metric)
             p_sims = recommend.similarities(vectors, plan.positives, metric) if len(plan.positives) else None
             n_sims = recommend.similarities(vectors, plan.negatives, metric) if len(plan.negatives) else None
-            for i in range(n):
-                explain[i] = recommend.explain_entry(
+
+            def explained(i: int) -> dict[str, Any]:
+                return recommend.explain_entry(
                     similarity=float(scores[i]),
                     nearest_positive=plan.labels[near_p[i]] if p_sims is not None else None,
                     positive_similarity=self.sign * float(p_sims[i, near_p[i]]) if p_sims is not None else None,
@@ -628,69 +633,81 @@ class SimilarQuery:
                     negative_similarity=self.sign * float(n_sims[i, near_n[i]]) if n_sims is not None else None,
                 )
         else:
-            scores = self.sign * np.asarray([row["distance"] for row in cand], dtype=np.float64)
-            for i in range(n):
-                explain[i]["similarity"] = cand[i]["distance"]
+            scores = self.sign * cand.distances
+            similarity = cand.distances
+
+            def explained(i: int) -> dict[str, Any]:
+                return {"similarity": float(similarity[i])}
         sign = self.sign
         if keyword_hits is not None:  # fused scores (or BM25's alone): higher is better
-            cand, scores, explain = self.fuse(plan, cand, scores, keyword_hits)
-            self.complete(plan, cand)
+            cand, scores, origins = self.fuse(plan, cand, scores, keyword_hits)
             n, sign = len(cand), 1.0
+
+            def explained(i: int) -> dict[str, Any]:
+                return dict(origins[i])
+        factors = None
         if plan.recency is not None:
-            values = [row[plan.recency.field] for row in cand]
+            values = cand.fields[plan.recency.field]
             factors = recommend.decay_factors(np.asarray([np.nan if v is None else v for v in values]), plan.recency)
             factors = np.nan_to_num(factors, nan=0.0)  # no date: decayed away
             scores = scores * factors
-            for i in range(n):
-                explain[i]["decay"] = float(factors[i])
         order = [int(i) for i in np.argsort(-scores, kind="stable")]
         if plan.min_score is not None:
             order = [i for i in order if scores[i] >= sign * plan.min_score]
-        groups = [row.get(r.group_by) for row in cand] if r.group_by is not None else None
+        groups = list(cand.fields[r.group_by]) if r.group_by is not None else None
         if groups is not None:
             order = recommend.cap_groups(order, groups, r.group_size)
+        steps: dict[int, tuple[int, float]] = {}  # MMR's step and value of each pick
         if plan.diversity is not None:
-            order = self.diversify(plan, order, scores, vectors, groups, explain)
+            order = self.diversify(plan, order, scores, vectors, groups, steps)
         chosen = recommend.page(order, groups, plan.offset, plan.limit)
         out = []
         for i in chosen:
+            explain = explained(i)
+            if factors is not None:
+                explain["decay"] = float(factors[i])
+            if i in steps:
+                explain["mmr_step"], explain["mmr_value"] = steps[i]
             if groups is not None:
-                explain[i]["group"] = groups[i]
-            explain[i]["score"] = float(sign * scores[i])
-            out.append(self.shape(plan, {**cand[i], "distance": float(sign * scores[i])}, explain[i]))
+                explain["group"] = groups[i]
+            explain["score"] = float(sign * scores[i])
+            out.append(self.shape(plan, {**cand.row(i), "distance": float(sign * scores[i])}, explain))
         return out
 
-    def fuse(self, plan: _Plan, cand: list[dict[str, Any]], scores: np.ndarray,
-             keyword_hits: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], np.ndarray, list[dict[str, Any]]]:
+    def fuse(self, plan: _Plan, cand: Hits, scores: np.ndarray,
+             keyword_hits: Hits) -> tuple[Hits, np.ndarray, list[dict[str, Any]]]:
         """The vector route's candidates (``scores`` higher is better) and the keyword route's
         hits fused into one candidate list with its scores and ``explain`` entries.
 
         Keywords alone: the BM25 scores as they are. Both: ``plan.fusion`` over the two routes'
         ranks (RRF) or normalised scores (weighted), see :mod:`lookalike.fusion`."""
-        rows = {row["id"]: row for row in keyword_hits}
-        rows.update({row["id"]: row for row in cand})  # the vector route's row carries its vector
+        pool = Hits.concat([keyword_hits, cand])
+        # an id in both routes: the vector route's hit (which carries its vector)
+        at = {hit: k for k, hit in enumerate(pool.ids.tolist())}
         routes = []
         if plan.queries:
             order = [int(i) for i in np.argsort(-scores, kind="stable")]
             # a route's score as its engine gives it (an L2 distance stays a distance);
             # best_score's scores, in (-1, 1), normalise as cosines do
             metric = "COSINE" if plan.request.strategy == "best_score" else self.spec.metric
-            routes.append(fusing.Route("dense", [cand[i]["id"] for i in order],
+            routes.append(fusing.Route("dense", [cand.ids[i] for i in order],
                                        [float(self.sign * scores[i]) for i in order], metric))
-        routes.append(fusing.Route("keywords", [row["id"] for row in keyword_hits],
-                                   [row["distance"] for row in keyword_hits], "BM25"))
+        words, bm25 = keyword_hits.ids.tolist(), keyword_hits.distances.tolist()
+        routes.append(fusing.Route("keywords", words, bm25, "BM25"))
         if not plan.queries:  # keywords alone: nothing to fuse, the BM25 ranking is the ranking
-            fused = [(row["id"], row["distance"], {"keywords": {"rank": rank, "score": row["distance"]}})
-                     for rank, row in enumerate(keyword_hits, start=1)]
+            fused = [(hit, score, {"keywords": {"rank": rank, "score": score}})
+                     for rank, (hit, score) in enumerate(zip(words, bm25, strict=True), start=1)]
         else:
             fused = fusing.fuse(routes, plan.fusion or fusing.Fusion())
-        return ([rows[hit] for hit, _, _ in fused], np.asarray([score for _, score, _ in fused], dtype=np.float64),
+        return (pool.take([at[hit] for hit, _, _ in fused]),
+                np.asarray([score for _, score, _ in fused], dtype=np.float64),
                 [dict(origins) for _, _, origins in fused])
 
     def diversify(self, plan: _Plan, order: list[int], scores: np.ndarray, vectors: np.ndarray,
-                  groups: list[Any] | None, explain: list[dict[str, Any]]) -> list[int]:
+                  groups: list[Any] | None, steps: dict[int, tuple[int, float]]) -> list[int]:
         """MMR's selection order, as far as the page needs it: ``offset + limit`` picks, or with
-        groups until the first ``offset + limit`` groups have all their (capped) members."""
+        groups until the first ``offset + limit`` groups have all their (capped) members; each
+        pick's step and MMR value go into ``steps``."""
         wanted_groups = plan.offset + plan.limit
         remaining: dict[Any, int] = {}
         if groups is not None:
@@ -701,7 +718,7 @@ class SimilarQuery:
         for step, (i, value) in enumerate(recommend.mmr(order, scores, vectors, plan.diversity or 0.0,
                                                         self.spec.metric)):
             picked.append(i)
-            explain[i]["mmr_step"], explain[i]["mmr_value"] = step, value
+            steps[i] = (step, value)
             if groups is None:
                 if len(picked) >= wanted_groups:
                     break
@@ -712,24 +729,6 @@ class SimilarQuery:
             if len(seen) >= wanted_groups and all(remaining[g] == 0 for g in seen[:wanted_groups]):
                 break
         return picked
-
-    def complete(self, plan: _Plan, cand: list[dict[str, Any]]) -> None:
-        """Read ``plan.gathered`` for the candidates that lack them, in one call per ~1000 ids."""
-        missing = [row["id"] for row in cand if plan.gathered and plan.gathered[0] not in row]
-        if missing:
-            found = self.collection.columns_by_id(missing, plan.gathered)
-            for row in cand:
-                row.update(found.get(row["id"]) or dict.fromkeys(plan.gathered))  # deleted meanwhile: None
-
-    def candidate_vectors(self, cand: list[dict[str, Any]]) -> np.ndarray:
-        """The candidates' vectors, from their rows (``complete`` or the hits), or read by id
-        where the search left them out."""
-        if not cand:
-            return np.zeros((0, self.spec.dim), dtype=np.float32)
-        missing = [row["id"] for row in cand if row.get(VECTOR_FIELD) is None]
-        found = self.collection.columns_by_id(missing, [VECTOR_FIELD]) if missing else {}
-        return np.asarray([row[VECTOR_FIELD] if row.get(VECTOR_FIELD) is not None else found[row["id"]][VECTOR_FIELD]
-                           for row in cand], dtype=np.float32)
 
     def shape(self, plan: _Plan, row: Mapping[str, Any], explain: dict[str, Any]) -> dict[str, Any]:
         """A hit as the caller sees it: ``id``, ``distance``, the output fields, ``explain``."""
@@ -742,15 +741,15 @@ class SimilarQuery:
         return out
 
 
-def _rows(hits: list[list[dict[str, Any]]], wanted: list[str]) -> list[list[dict[str, Any]]]:
-    """An engine's hits as rows ``{'id', 'distance', <wanted fields>}``, per query."""
-    out = []
-    for per_query in hits:
-        rows = []
-        for hit in per_query:
-            entity = hit.get("entity") or {}
-            row = {name: entity.get(name) for name in wanted}
-            row["id"], row["distance"] = hit.get("id", entity.get(ID_FIELD)), float(hit["distance"])
-            rows.append(row)
-        out.append(rows)
-    return out
+def _union(per_query: list[Hits], wanted: list[str]) -> Hits:
+    """The hits of every query, each id once (its first hit: best_score's union of every
+    example's neighbours)."""
+    if len(per_query) == 1:
+        return per_query[0]
+    if not per_query:  # keywords alone
+        return Hits.of([], wanted)
+    joined = Hits.concat(per_query)
+    first: dict[str, int] = {}
+    for k, hit in enumerate(joined.ids.tolist()):
+        first.setdefault(hit, k)
+    return joined.take(list(first.values()))

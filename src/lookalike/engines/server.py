@@ -35,6 +35,7 @@ from ..config import Settings
 from ..documents import id_filter
 from ..errors import EngineUnavailableError, IndexTimeoutError, InvalidInputError, LookalikeError
 from ..schema import (
+    BUILD_DEFAULTS,
     ID_FIELD,
     ID_MAX_LENGTH,
     SPEC_PROPERTY,
@@ -321,7 +322,7 @@ class ServerEngine(Engine):
         if vector:
             index = spec.vector_index
             params.add_index(VECTOR_FIELD, index_type=index.index_type, metric_type=index.metric_type,
-                             params=dict(index.params))
+                             params={**BUILD_DEFAULTS[index.index_type], **index.params})
             for field_name in spec.full_text_fields:
                 params.add_index(sparse_field(field_name), index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
                                  params=dict(BM25_PARAMS))

@@ -47,7 +47,7 @@ from ...schema import (
     spec_from_description,
     spec_loads,
 )
-from ..base import Engine, IndexState
+from ..base import Engine, Hits, IndexState
 from ..errors import translate_lite_error
 from . import patches
 from .direct import engine_rows, json_decoder, write_columns, writes_columns
@@ -322,8 +322,6 @@ class LiteEngine(Engine):
 
         return self._reading(name, f"read {name!r}", get)
 
-    gathers_vectors = True
-
     def columns(self, name: str, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
         # The engine's own lookup (Collection.get), values taken a column at a time: `get` and a
         # search's hits turn each row into Python objects, a vector into a list of 768 floats.
@@ -350,8 +348,7 @@ class LiteEngine(Engine):
             decode = json_decoder(col)
             found: dict[str, dict[str, Any]] = {}
             for seg, pks, rows in located.values():
-                values = {field: seg.vector_data(field)[0][rows] if field == VECTOR_FIELD
-                          else seg.table.column(field).take(rows).to_pylist() for field in fields}
+                values = _segment_values(seg, rows, fields)
                 for k, pk in enumerate(pks):
                     found[pk] = decode({field: values[field][k] for field in fields})
             if unsealed:
@@ -388,6 +385,50 @@ class LiteEngine(Engine):
             return [[{**hit, "entity": decode(hit["entity"])} for hit in per_query] for per_query in hits]
 
         return self._reading(name, f"search {name!r}", search)
+
+    def search_hits(
+        self,
+        name: str,
+        *,
+        data: Sequence[Any],
+        filter: str,  # noqa: A002 - the engines' own keyword
+        limit: int,
+        output_fields: list[str],
+        search_params: Mapping[str, Any],
+        anns_field: str,
+    ) -> list[Hits]:
+        # The engine's search turns each hit into dicts (its row, the projection, the distance
+        # convention): ~5-10 µs a hit at 100k × 768, most of a search of 100 candidates. The
+        # patched executor (patches/search.py) says where the hits are instead, and their
+        # columns are read a segment at a time; with the patches off, the engine's own search.
+        queries = np.stack([np.asarray(q, dtype=np.float32) for q in data])
+        fields = [f for f in output_fields if f != ID_FIELD]
+
+        def search(col: Any) -> list[Hits] | None:
+            from milvus_lite.search import executor_indexed
+
+            from .patches.search import HitPositions
+
+            col._require_loaded()
+            metric = col.resolve_search_metric(anns_field, search_params.get("metric_type"))
+            compiled = col._compile_filter(filter) if filter else None
+            segments, tombstones = col._read_snapshot()
+            found = executor_indexed.execute_search_with_index(
+                query_vectors=queries, segments=segments, memtable=col._memtable, delta_index=tombstones,
+                top_k=limit, metric_type=metric, pk_field=col._pk_name, vector_field=anns_field,
+                compiled_filter=compiled, indexed_filter_plan=col._indexed_filter_plan(compiled),
+                search_params=search_params.get("params") or {}, positions=True,
+            )
+            if not isinstance(found, HitPositions):  # no hits, or the engine's own loop ran
+                return None
+            return [_hits_at(col, found, part, metric, fields) for part in found.per_query]
+
+        if patches.is_applied():
+            hits = self._reading(name, f"search {name!r}", search)
+            if hits is not None:
+                return hits
+        return super().search_hits(name, data=data, filter=filter, limit=limit, output_fields=output_fields,
+                                   search_params=search_params, anns_field=anns_field)
 
     def check_full_text(self, what: str) -> None:
         # Milvus Lite 3.2.2 has BM25 functions and sparse indexes (see create_collection).
@@ -619,6 +660,56 @@ def _lite_schema(spec: CollectionSpec) -> Any:
         functions.append(Function(name=sparse_field(name), function_type=FunctionType.BM25,
                                   input_field_names=[name], output_field_names=[sparse_field(name)]))
     return CollectionSchema(fields=fields, enable_dynamic_field=False, functions=functions)
+
+
+def _segment_values(seg: Any, rows: Any, fields: list[str]) -> dict[str, Any]:
+    """``fields`` of a sealed segment's ``rows``: the vector as rows of the segment's array, any
+    other field one pyarrow take (values as the engine's ``get`` gives them, JSON still text)."""
+    return {field: seg.vector_data(field)[0][rows] if field == VECTOR_FIELD
+            else seg.table.column(field).take(rows).to_pylist() for field in fields}
+
+
+def _hits_at(col: Any, found: Any, part: tuple[np.ndarray, np.ndarray, np.ndarray], metric: str,
+             fields: list[str]) -> Hits:
+    """One query's hits from where the patched executor placed them (``HitPositions``): ids and
+    ``fields`` read a segment at a time, distances in Milvus's convention as the engine's search
+    gives them (its ``_internal_distance_to_milvus_distance``, in float64)."""
+    internal, sources, rows = part
+    distances = internal.astype(np.float64)
+    if metric == "COSINE":
+        distances = 1.0 - distances
+    elif metric == "IP":
+        distances = -distances
+    elif metric == "L2":
+        distances = distances * distances
+    n = len(distances)
+    ids = np.empty(n, dtype=object)
+    columns: dict[str, Any] = {field: [None] * n for field in fields}
+    schema = {f.name: f for f in col.schema.fields}
+    if VECTOR_FIELD in columns:
+        columns[VECTOR_FIELD] = np.zeros((n, schema[VECTOR_FIELD].dim), dtype=np.float32)
+    for source in np.unique(sources).tolist():
+        at = np.flatnonzero(sources == source)
+        local = rows[at]
+        if source < len(found.segments):
+            seg = found.segments[source]
+            ids[at] = [seg.pks[r] for r in local.tolist()]
+            values = _segment_values(seg, local, fields)
+        else:  # the memtable's rows, few: the engine's own row
+            records = [col._memtable.materialize_row(*found.memtable_rows[r]) for r in local.tolist()]
+            ids[at] = [record[col._pk_name] for record in records]
+            values = {field: [record.get(field) for record in records] for field in fields}
+        for field in fields:
+            column = columns[field]
+            if isinstance(column, np.ndarray):
+                column[at] = np.asarray(values[field], dtype=np.float32)
+            else:
+                for k, i in enumerate(at.tolist()):
+                    column[i] = values[field][k]
+    for field in fields:  # the engine keeps JSON as text; its search hands it out parsed
+        if schema[field].dtype.name == "JSON":
+            columns[field] = [json.loads(v) if isinstance(v, str) else v for v in columns[field]]
+    return Hits(ids, distances, columns)
 
 
 def _spec_of(col: Any) -> CollectionSpec:

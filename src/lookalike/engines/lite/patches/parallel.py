@@ -12,7 +12,8 @@ merge (top-k by distance, then source, then row: the engine's tie-break) is the 
 so results are those of the one-after-another search (``tests/test_lite_parallel.py``). A search
 with one source, the case up to ~130k rows, runs in its own thread as before.
 
-Measured: bench/README.md, "Throughput and a million".
+Measured: bench/README.md, "Throughput and concurrency" (`bench/throughput.py --memtable-mb` makes
+several segments and times the pool against the one-after-another search).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def targets() -> list[tuple[Any, str, Callable[[Any], Any]]]:
 
 
 def _executor() -> ThreadPoolExecutor:
-    """The pool, started on first use (daemon threads; nothing to shut down)."""
+    """The pool, started on first use (idle workers end with the interpreter; nothing to shut down)."""
     global _pool
     with _pool_lock:
         if _pool is None:

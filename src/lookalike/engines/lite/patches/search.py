@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -219,6 +219,22 @@ def _segment_row(seg: Any, row: int, names: set[str] | None, pk_field: str, colu
     return record
 
 
+class HitPositions(NamedTuple):
+    """Where each query's hits are, for a caller that reads their columns itself
+    (``execute_search_with_index(..., positions=True)``, which the engine never passes: the
+    Lite engine's ``search_hits``): no dict per hit.
+
+    Attributes:
+        segments: the sources searched, in order; a source number past them is the memtable.
+        memtable_rows: the memtable's (batch, row) of each of its local ids.
+        per_query: per query, (distances as the engine keeps them, source numbers, local row ids), best first.
+    """
+
+    segments: list[Any]
+    memtable_rows: list[tuple[int, int]]
+    per_query: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
     """Build the replacement for ``execute_search_with_index`` (same signature and results)."""
     from milvus_lite.index.brute_force import BruteForceIndex
@@ -238,7 +254,8 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
         indexed_filter_plan: Any = None,
         project_record_fn: Callable[[dict], dict] | None = None,
         search_params: dict[str, Any] | None = None,
-    ) -> list[list[dict]]:
+        positions: bool = False,
+    ) -> list[list[dict]] | HitPositions:
         if query_vectors.ndim == 1:
             query_vectors = query_vectors.reshape(1, -1)
         if query_vectors.dtype != np.float32:
@@ -327,6 +344,7 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
         n_seg = len(in_scope)
         columns: dict[int, tuple[str, ...]] = {}  # source -> its column names
         results: list[list[dict]] = []
+        placed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         if not dist_parts:
             return [[] for _ in range(nq)]
         dists = np.concatenate(dist_parts, axis=1)
@@ -337,6 +355,9 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
             d, s, lid = dists[q][ok], srcs[q][ok], lids[q][ok]
             # Sort by (distance, source, local id), the engine's tie-break.
             order = np.lexsort((lid, s, d))[:top_k]
+            if positions:
+                placed.append((d[order], s[order], lid[order]))
+                continue
             hits: list[dict] = []
             for j in order:
                 source, local_id = int(s[j]), int(lid[j])
@@ -352,7 +373,7 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
                     pk = record[pk_field] if pk_field in record else mt_pks[local_id]
                 hits.append({"id": pk, "distance": float(d[j]), "entity": project(record)})
             results.append(hits)
-        return results
+        return HitPositions(in_scope, mt_row_refs, placed) if positions else results
 
     execute_search_with_index.__doc__ = original.__doc__
     execute_search_with_index.__wrapped__ = original  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The keyword (BM25) search of Milvus Lite 3.2.2, same results at ~1 ms instead of ~65 ms (100k rows).
+"""The keyword (BM25) search of Milvus Lite 3.2.2: the same results, as fast as the vector search (100k rows).
 
 What it fixes. ``Collection._search_sparse`` runs in Python over every row on every call: it builds
 a pk → newest-sequence dict over every row of every segment, then a live mask with one
@@ -23,6 +23,10 @@ pass the filter) is scored as the engine scores it; the merge across sources, th
 and the materialisation are the engine's, over the per-source top k, reading only the columns the
 projection uses. ``tests/test_lite_sparse.py`` checks the results (ids, order, scores) equal the
 unpatched engine's on random corpora with filters, deletes, upserts and unflushed rows.
+
+Measured (bench/hybrid.py, 100k rows, one run on a shared machine): keyword p50 0.87× the vector
+search's (5.82 against 6.66 ms wall, 1.96 against 2.77 ms CPU), where it was 51× (66.4 against
+1.3 ms).
 
 BM25 statistics stay per segment, as the engine keeps them (its own TODO in ``_search_sparse``):
 what that means is in the README's hybrid section.
