@@ -50,6 +50,7 @@ def test_quick_run_writes_every_row(tmp_path):
     assert len(quality["weights"]) == 2 and sum(quality["weights"]) > 0
     assert "| synopsis | **all** |" in proc.stdout
     speed = json.loads(next(tmp_path.glob("hybrid-speed-*.json")).read_text())["results"][0]
-    assert [r["route"] for r in speed["rows"]] == ["meaning", "keywords", "rrf hybrid", "weighted hybrid"]
+    assert [r["route"] for r in speed["rows"]] == ["meaning", "keywords", "rrf hybrid", "weighted hybrid",
+                                                  "meaning, 100 hits", "keywords, 100 hits"]
     assert set(speed["ingest"]) == {"plain", "full_text"}
-    assert all(r["p50_ms"] > 0 for r in speed["rows"])
+    assert all(r["p50_ms"] > 0 and r["cpu_p50_ms"] >= 0 for r in speed["rows"])
