@@ -145,5 +145,5 @@ def cluster(
 
 def near_duplicates(name: str, threshold: float = 0.95, filter_expr: str | None = None) -> dict[str, Any]:
     """Pairs of documents at or above ``threshold``, and their groups
-    (see :func:`lookalike.near_duplicates.near_duplicates`)."""
+    (see :func:`lookalike.duplicates.near_duplicates`)."""
     return default_client().near_duplicates(name, threshold=threshold, filter_expr=filter_expr)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InvalidInputError
-from .near_duplicates import check_threshold, checked_count, vector_batches
+from .duplicates import check_threshold, checked_count, vector_batches
 from .schema import ID_FIELD, CollectionSpec, shown
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import clusters, projection, transfer
-from . import near_duplicates as duplicates
+from . import duplicates
 from .documents import DocumentWriter, check_ids, id_filter
 from .errors import ConflictError, InvalidInputError
 from .retrieval import (
@@ -239,7 +239,7 @@ class Collection:
                         progress: bool | None = None) -> dict[str, Any]:
         """The pairs of documents at or above ``threshold`` (found by a batched self-search of the
         index) and the groups they link: ``{"pairs": [{"a", "b", "score"}], "groups": [[id, ...]]}``.
-        See :func:`lookalike.near_duplicates.near_duplicates`."""
+        See :func:`lookalike.duplicates.near_duplicates`."""
         return duplicates.near_duplicates(self, threshold=threshold, filter_expr=filter_expr, progress=progress)
 
     def export(self, path: str | Path, format: str | None = None, **options: Any) -> int:
