@@ -79,6 +79,11 @@ def client(org_client: Callable[[str], Client]) -> Client:
 @pytest.fixture
 def name() -> str:
     """A collection name no other test uses."""
+    return unique_name()
+
+
+def unique_name() -> str:
+    """A collection name no other test uses (one counter for the whole run: a server outlives a module)."""
     return f"c{next(_names)}_{os.getpid()}"
 
 

@@ -40,6 +40,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "milvus_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.server)
+        # The server leg of a test marked `slow_on_server` runs with the slow suites: what it checks
+        # there is the engine layer's generic path, covered on the server by the tests kept.
+        if item.get_closest_marker("slow_on_server") and item.get_closest_marker("server"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

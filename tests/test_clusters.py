@@ -3,12 +3,12 @@ one-by-one oracle, labels written back, every refusal, and the CLI and HTTP shel
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 
 import numpy as np
 import pytest
+from conftest import unique_name
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -30,9 +30,6 @@ def lite(tmp_path_factory: pytest.TempPathFactory):
         yield client
 
 
-_names = itertools.count()  # collection names: c0_<pid>, c1_<pid>, ... (a server outlives a run)
-
-
 def blobs(groups: int = 6, size: int = 30, dim: int = 16, spread: float = 0.05, seed: int = 0):
     """Well-separated groups: random unit centres, members a small step from theirs."""
     rng = np.random.default_rng(seed)
@@ -44,7 +41,7 @@ def blobs(groups: int = 6, size: int = 30, dim: int = 16, spread: float = 0.05, 
 
 def stored(client: Client, vectors: np.ndarray, truth: np.ndarray, metric: str = "COSINE", index: str = "FLAT"):
     """A collection of the vectors, ids in a shuffled order, with text naming the planted group."""
-    collection = client.create_collection(f"c{next(_names)}_{os.getpid()}", FIELDS, {"vec": {"index_type": index,
+    collection = client.create_collection(unique_name(), FIELDS, {"vec": {"index_type": index,
                                                                               "metric_type": metric}},
                                           dim=vectors.shape[1])
     order = np.random.default_rng(1).permutation(len(vectors))
@@ -158,12 +155,13 @@ def duplicates_collection(client: Client, index: str = "FLAT"):
         docs.update({i: source + 0.01 * rng.normal(size=32) for i in ids})
         groups.append(sorted(ids))
     params = {"M": 16, "efConstruction": 64} if index == "HNSW" else {}
-    collection = client.create_collection(f"c{next(_names)}_{os.getpid()}", [{"name": "year", "type": "int64"}],
+    collection = client.create_collection(unique_name(), [{"name": "year", "type": "int64"}],
                                           {"vec": {"index_type": index, "metric_type": "IP", **params}}, dim=32)
     collection.index([{"id": i, "vec": v, "year": 2000 + n % 2} for n, (i, v) in enumerate(docs.items())])
     return collection, docs, groups
 
 
+@pytest.mark.slow_on_server
 @pytest.mark.parametrize("index", ["FLAT", "HNSW"])
 def test_near_duplicates_are_the_planted_ones_and_no_others(client, index):
     collection, docs, groups = duplicates_collection(client, index)
@@ -217,11 +215,12 @@ def test_refusals_name_the_parameter(lite):
 
 
 def test_empty_collection_gives_empty_results(lite):
-    empty = lite.create_collection(f"c{next(_names)}_{os.getpid()}", FIELDS, dim=8)
+    empty = lite.create_collection(unique_name(), FIELDS, dim=8)
     assert empty.cluster(k=3) == [] and empty.cluster(threshold=0.5, filter_expr="year > 1") == []
     assert empty.near_duplicates() == {"pairs": [], "groups": []}
 
 
+@pytest.mark.slow_on_server
 def test_iterate_with_a_filter(client, name):
     collection = client.create_collection(name, [{"name": "year", "type": "int64"}], dim=4)
     collection.index([{"id": f"d{i:02d}", "vec": [1, i, 0, 0], "year": i} for i in range(30)])

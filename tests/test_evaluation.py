@@ -162,6 +162,7 @@ def random_docs(n: int, dim: int, seed: int = 0) -> list[dict]:
     return [{"id": f"v{i}", "vec": rng.normal(size=dim).tolist()} for i in range(n)]
 
 
+@pytest.mark.slow_on_server
 @pytest.mark.parametrize("metric", ["IP", "L2"])
 def test_ann_recall_of_an_exact_index_is_one(client: Client, name: str, metric: str) -> None:
     collection = client.create_collection(

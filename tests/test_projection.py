@@ -61,6 +61,7 @@ def test_the_map_is_the_pca_of_the_stored_vectors(client: Client, name: str) -> 
     assert all(p["color"] == stored[p["id"]]["language"] for p in result["points"])
 
 
+@pytest.mark.slow_on_server
 def test_the_sample_is_seeded_and_independent_of_the_order_of_writes(client: Client, name: str) -> None:
     docs = planted(300, seed=1)
     forward = client.create_collection(name, FIELDS, dim=12)
@@ -83,6 +84,7 @@ def test_the_sample_is_seeded_and_independent_of_the_order_of_writes(client: Cli
     assert backward.drop()
 
 
+@pytest.mark.slow_on_server
 def test_ids_are_placed_with_the_same_basis(client: Client, name: str) -> None:
     collection = client.create_collection(name, FIELDS, dim=12)
     collection.index(planted(120, seed=2))
@@ -100,6 +102,7 @@ def test_ids_are_placed_with_the_same_basis(client: Client, name: str) -> None:
             assert (p["x"], p["y"]) == pytest.approx((in_sample[doc_id]["x"], in_sample[doc_id]["y"]))
 
 
+@pytest.mark.slow_on_server
 def test_documents_all_alike_map_to_one_point(client: Client, name: str) -> None:
     collection = client.create_collection(name, FIELDS, dim=12)
     collection.index([dict(doc, vec=[1.0] + [0.0] * 11) for doc in planted(6)])
@@ -109,12 +112,14 @@ def test_documents_all_alike_map_to_one_point(client: Client, name: str) -> None
     assert result["basis"]["components"] == [[0.0] * 12] * 2
 
 
+@pytest.mark.slow_on_server
 def test_an_empty_collection_maps_to_nothing(client: Client, name: str) -> None:
     collection = client.create_collection(name, FIELDS, dim=12)
     assert collection.map() == {"points": [], "projected": [], "basis": None, "sample": 0, "count": 0,
                                 "color_field": None}
 
 
+@pytest.mark.slow_on_server
 @pytest.mark.parametrize(("options", "named"), [
     ({"sample": 1}, "sample"), ({"sample": 20_001}, "sample"), ({"sample": "10"}, "sample"),
     ({"sample": True}, "sample"), ({"seed": -1}, "seed"), ({"color_field": "nope"}, "color_field"),
@@ -128,6 +133,7 @@ def test_bad_input_is_named(client: Client, name: str, options: dict, named: str
         collection.map(**options)
 
 
+@pytest.mark.slow_on_server
 def test_texts_need_an_embedder(client: Client, name: str) -> None:
     collection = client.create_collection(name, FIELDS, dim=12)
     collection.index(planted(5))

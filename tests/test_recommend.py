@@ -355,6 +355,7 @@ def test_lite_decay_ranker_against_the_oracle(data, backend, function):
     assert [h["id"] for h in ours] == [i for i, _ in engine]
 
 
+@pytest.mark.slow_on_server
 def test_engine_columns_read_the_newest_version(client, name):
     """What the stages read after a search (``Engine.columns``, the segments' arrays on Lite) is what
     ``get`` reads: the newest version of each id, from sealed segments and the memtable, deletes gone."""
@@ -377,6 +378,7 @@ def test_engine_columns_read_the_newest_version(client, name):
     client.drop_collection(name)
 
 
+@pytest.mark.slow_on_server
 @pytest.mark.parametrize("metric", ["IP", "L2", "COSINE"])
 def test_search_hits_equal_the_search_hits_as_dicts(client, name, metric):
     """The candidates' columns (``Engine.search_hits``: on Lite, read a segment at a time where

@@ -35,6 +35,7 @@ def test_default_model_indexes_and_finds_text_across_languages(client, name):
         col.index([{"id": "v", "vec": [1.0, 0, 0, 0], "language": "en"}])
 
 
+@pytest.mark.slow_on_server
 def test_unchanged_text_is_not_embedded_again(client, name):
     calls: list[int] = []
 

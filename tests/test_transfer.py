@@ -86,6 +86,7 @@ def test_ids_with_quotes_and_backslashes_survive_export(client, name, tmp_path):
     assert written == len(ids) and sorted(d["id"] for d in copy.iterate(batch_size=2)) == sorted(ids)
 
 
+@pytest.mark.slow_on_server
 def test_import_defaults_to_the_exported_name_and_is_idempotent(client, name, tmp_path):
     source = _source(client, name, n=6)
     path = tmp_path / "export.jsonl"
@@ -96,6 +97,7 @@ def test_import_defaults_to_the_exported_name_and_is_idempotent(client, name, tm
     assert read_export_header(path)["collection"] == name
 
 
+@pytest.mark.slow_on_server
 def test_export_lines_are_the_jsonl_export(client, name, tmp_path):
     source = _source(client, name, n=9)
     path = tmp_path / "export.jsonl"
@@ -107,6 +109,7 @@ def test_export_lines_are_the_jsonl_export(client, name, tmp_path):
     assert header == {"version": 1, "collection": name, "spec": source.spec.to_json(), "count": 9}
 
 
+@pytest.mark.slow_on_server
 def test_import_into_a_collection_with_another_schema_is_a_conflict(client, name, tmp_path):
     path = tmp_path / "export.parquet"
     export_collection(_source(client, name, n=3), path)
@@ -141,6 +144,7 @@ def test_a_file_that_is_not_a_usable_export_is_refused_before_anything_is_create
     assert not client.has_collection(name)
 
 
+@pytest.mark.slow_on_server
 def test_csv_is_neither_exported_nor_imported(client, name, tmp_path):
     source = _source(client, name, n=2)
     with pytest.raises(InvalidInputError, match="export writes JSON Lines .* not CSV"):
@@ -150,6 +154,7 @@ def test_csv_is_neither_exported_nor_imported(client, name, tmp_path):
         import_collection(client, tmp_path / "in.csv", f"{name}_csv")
 
 
+@pytest.mark.slow_on_server
 def test_a_failed_export_leaves_no_file(client, name, tmp_path):
     source = _source(client, name, n=12)
     path = tmp_path / "export.parquet"

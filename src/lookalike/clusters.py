@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InvalidInputError
 from .duplicates import check_threshold, checked_count, vector_batches
+from .errors import InvalidInputError
 from .schema import ID_FIELD, CollectionSpec, shown
 
 if TYPE_CHECKING:

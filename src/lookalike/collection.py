@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import clusters, projection, transfer
-from . import duplicates
+from . import clusters, duplicates, projection, transfer
 from .documents import DocumentWriter, check_ids, id_filter
 from .errors import ConflictError, InvalidInputError
 from .retrieval import (
