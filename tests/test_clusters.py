@@ -41,8 +41,8 @@ def blobs(groups: int = 6, size: int = 30, dim: int = 16, spread: float = 0.05, 
 
 def stored(client: Client, vectors: np.ndarray, truth: np.ndarray, metric: str = "COSINE", index: str = "FLAT"):
     """A collection of the vectors, ids in a shuffled order, with text naming the planted group."""
-    collection = client.create_collection(unique_name(), FIELDS, {"vec": {"index_type": index,
-                                                                              "metric_type": metric}},
+    collection = client.create_collection(unique_name(), FIELDS,
+                                          {"vec": {"index_type": index, "metric_type": metric}},
                                           dim=vectors.shape[1])
     order = np.random.default_rng(1).permutation(len(vectors))
     collection.index([{"id": f"d{order[i]:04d}", "vec": v, "year": 2000 + i, "topic": -1, "small": 0,
