@@ -709,6 +709,13 @@ def test_one_client_per_organisation_is_reused(app, http):
     (("POST", "/v1/ltlrt/collections/articles/similar",
       {"content": b'{"vectors": [NaN, 0, 0, 0]}',
        "headers": {"content-type": "application/json"}}), 400, "NaN"),
+    # bodies the fast JSON parser refuses and json reads: they mean what they always meant
+    (("POST", "/v1/ltlrt/collections/articles/similar",
+      {"content": b'{"vectors": [-Infinity, 0, 0, 0]}',
+       "headers": {"content-type": "application/json"}}), 400, "infinity"),
+    (("POST", "/v1/ltlrt/collections/articles/similar",
+      {"content": b'{"ids": ["d1"], "limit": 100000000000000000000000}',
+       "headers": {"content-type": "application/json"}}), 400, "limit"),
     (("POST", "/v1/ltlrt/collections/articles/similar", {"json": {"idz": ["d1"]}}), 422,
      "idz"),
     (("POST", "/v1/ltlrt/collections/articles/similar", {"json": ["d1"]}), 422, "body"),
@@ -754,8 +761,9 @@ def test_tokens_never_appear_in_logs_or_responses(http, caplog):
 
 
 def test_library_calls_run_in_the_threadpool(app):
-    """Every endpoint, and every dependency of ours, is a plain function: FastAPI runs those in
-    its threadpool, so the library's blocking calls never hold the event loop."""
+    """Every endpoint is a plain function: FastAPI runs those in its threadpool, so the library's
+    blocking calls never hold the event loop. Our one coroutine dependency is the authenticator
+    (a token check; opening a Client goes to the threadpool: the next test)."""
     import inspect
 
     from fastapi.routing import APIRoute
@@ -769,8 +777,36 @@ def test_library_calls_run_in_the_threadpool(app):
     routes = [r for r in app.routes if isinstance(r, APIRoute)]
     assert len(routes) == len(ROUTES)
     for route in routes:
-        for call in (route.endpoint, *ours(route.dependant)):
-            assert not inspect.iscoroutinefunction(call), f"{route.path}: {call.__name__}"
+        assert not inspect.iscoroutinefunction(route.endpoint), route.path
+        for call in ours(route.dependant):
+            authenticator = call.__qualname__ == "authenticator.<locals>.organisation"
+            assert authenticator or not inspect.iscoroutinefunction(call), f"{route.path}: {call.__qualname__}"
+
+
+def test_an_organisation_client_opens_off_the_event_loop(tmp_path, monkeypatch):
+    """The first request of an organisation opens its Client (seconds, on a server) in a worker
+    thread, where no event loop runs; later requests reuse it."""
+    import asyncio
+
+    from lookalike.http.organisations import Organisations
+
+    opened_in_loop: list[bool] = []
+    original = Organisations.client
+
+    def client(self, codops):
+        try:
+            asyncio.get_running_loop()
+            opened_in_loop.append(True)
+        except RuntimeError:
+            opened_in_loop.append(False)
+        return original(self, codops)
+
+    monkeypatch.setattr(Organisations, "client", client)
+    app = create_app(settings=Settings(codops="ltlrt", data_dir=tmp_path), environ=ENVIRON)
+    with TestClient(app) as http:
+        for _ in range(3):
+            assert http.get("/v1/bbc/collections", headers=auth("bbc")).json() == []
+    assert opened_in_loop == [False]
 
 
 def test_openapi_document_validates_and_lists_every_route(http):

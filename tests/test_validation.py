@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -334,3 +335,24 @@ def test_chunks_count_vector_bytes():
     assert sum(sizes) == 3000
     assert max(sizes) < CHUNK_ROWS
     assert all(sum(row.size for row in rows[:n]) <= CHUNK_BYTES for n in sizes)
+
+
+@pytest.mark.parametrize("ids, culprit", [
+    (["", "b"], "exclude_ids[5000]: 'id' is empty"),
+    (["x" * 513], "exclude_ids[5000]: 'id' is 513 characters long"),
+    ([7, ""], "exclude_ids[5000]: 'id' must be a string, not int"),
+])
+def test_check_ids_names_the_first_bad_id(ids, culprit):
+    from lookalike.documents import check_ids
+
+    with pytest.raises(InvalidInputError, match=re.escape(culprit)):
+        check_ids(["ok"] * 5000 + ids, "exclude_ids")
+
+
+def test_check_ids_takes_long_lists_and_ids_up_to_the_limit():
+    from lookalike.documents import check_ids
+
+    # 255 and 256 characters: either side of the fast check's one-byte lengths
+    ids = [f"i{k}" for k in range(10_000)] + ["x" * 255, "y" * 256, "z" * 512]
+    assert check_ids(iter(ids), "exclude_ids") == ids
+    assert check_ids(ids[:10_000]) == ids[:10_000]

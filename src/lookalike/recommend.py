@@ -12,7 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,8 +44,11 @@ def query_vector(
     """``average_vector``: the weighted mean of the positives, or with negatives
     2·mean(positives) − mean(negatives); re-normalised for IP and COSINE, kept as is for L2."""
     pos = np.asarray(positives, dtype=np.float64)
-    w = np.ones(len(pos)) if weights is None else np.asarray(weights, dtype=np.float64)
-    query = (w[:, None] * pos).sum(axis=0) / w.sum()
+    if weights is None and len(pos) == 1:  # one example, the common query: its own vector
+        query = pos[0]
+    else:
+        w = np.ones(len(pos)) if weights is None else np.asarray(weights, dtype=np.float64)
+        query = (w[:, None] * pos).sum(axis=0) / w.sum()
     if negatives is not None and len(negatives):
         query = 2.0 * query - np.asarray(negatives, dtype=np.float64).mean(axis=0)
     if metric != "L2":
@@ -62,27 +65,35 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def best_scores(
     candidates: np.ndarray, positives: np.ndarray, negatives: np.ndarray, metric: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, BestScoreParts]:
     """``best_score``: p = max similarity to any positive, n = max similarity to any negative;
     the score is sigmoid(p) if p > n, else −sigmoid(n) (Qdrant's). No positives: −sigmoid(n).
 
     Returns:
-        The scores, and the index of each candidate's nearest positive and nearest negative
-        (−1 where there are none).
+        The scores, and the parts they were made of (for ``explain``).
     """
-    n_cand = len(candidates)
-    p = np.full(n_cand, -np.inf)
-    n = np.full(n_cand, -np.inf)
-    near_p = np.full(n_cand, -1)
-    near_n = np.full(n_cand, -1)
-    if len(positives):
-        sims = similarities(candidates, positives, metric)
-        near_p, p = sims.argmax(axis=1), sims.max(axis=1)
-    if len(negatives):
-        sims = similarities(candidates, negatives, metric)
-        near_n, n = sims.argmax(axis=1), sims.max(axis=1)
+    # one similarity matrix against every example: the candidates converted once
+    sims = similarities(candidates, np.concatenate([positives, negatives]), metric)
+    parts = BestScoreParts(*_nearest(sims[:, : len(positives)]), *_nearest(sims[:, len(positives):]))
+    p, n = parts.positive, parts.negative
     scores = np.where(p > n, sigmoid(np.where(np.isfinite(p), p, 0.0)), -sigmoid(np.where(np.isfinite(n), n, 0.0)))
-    return scores, near_p, near_n
+    return scores, parts
+
+
+class BestScoreParts(NamedTuple):
+    """Per candidate: its similarity to its nearest positive and nearest negative (−inf where
+    there are none) and which example that is (its index, −1 where there are none)."""
+
+    positive: np.ndarray
+    nearest_positive: np.ndarray
+    negative: np.ndarray
+    nearest_negative: np.ndarray
+
+
+def _nearest(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if sims.shape[1] == 0:
+        return np.full(len(sims), -np.inf), np.full(len(sims), -1)
+    return sims.max(axis=1), sims.argmax(axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
