@@ -4,7 +4,9 @@ right while other threads write and flush."""
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -92,6 +94,7 @@ def test_the_collection_spans_several_segments_searched_by_the_pool(collection):
 
     def noting(search, *source):
         seen.append(record().name)
+        time.sleep(0.02)  # slower than the pool takes to start: its sources are not taken back
         return search(*source)
 
     step = lite_search.search_sources
@@ -128,6 +131,29 @@ def test_a_failing_source_raises_in_the_caller():
     with pytest.raises(RuntimeError, match="source 2 failed"):
         step(search, [(0,), (1,), (2,), (3,)])
     assert parallel.SEARCH_THREADS >= 1
+
+
+def test_a_busy_pool_never_makes_the_caller_wait():
+    """What the pool has not started when the caller is done with its own share, the caller takes
+    back and runs itself, in order; nothing runs twice."""
+    release = threading.Event()
+    blockers = [parallel._executor().submit(release.wait) for _ in range(parallel.SEARCH_THREADS)]
+    ran: list[tuple[int, str]] = []
+
+    def call(k: int) -> int:
+        ran.append((k, threading.current_thread().name))
+        return k * 10
+
+    try:
+        started = time.perf_counter()
+        assert parallel._fan_out([functools.partial(call, k) for k in range(4)]) == [0, 10, 20, 30]
+        assert time.perf_counter() - started < 5  # did not wait for the blocked pool
+    finally:
+        release.set()
+        for blocker in blockers:
+            blocker.result(timeout=10)
+    assert sorted(k for k, _ in ran) == [0, 1, 2, 3]
+    assert {name for _, name in ran} == {threading.current_thread().name}
 
 
 def test_searches_stay_right_while_other_threads_write_and_flush(tmp_path):

@@ -211,15 +211,15 @@ def mmr(
         vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-30)
         metric = "IP"
     rel = (1.0 - diversity) * np.asarray(scores, dtype=np.float64)[pool]
+    value = rel  # the first pick: no penalty yet
     penalty = np.full(len(pool), -np.inf)
     left = np.ones(len(pool), dtype=bool)
     for _ in range(len(pool)):
-        seen = np.isfinite(penalty)  # no pick yet: no penalty (and no 0 × −inf)
-        value = np.where(left, rel - diversity * np.where(seen, penalty, 0.0), -np.inf)
         best = int(np.argmax(value))  # ties: the earlier (better scored) candidate
         yield pool[best], float(value[best])
         left[best] = False
         penalty = np.maximum(penalty, similarities(vecs, vecs[best : best + 1], metric)[:, 0])
+        value = np.where(left, rel - diversity * penalty, -np.inf)
 
 
 def page(

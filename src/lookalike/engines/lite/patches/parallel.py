@@ -12,12 +12,17 @@ merge (top-k by distance, then source, then row: the engine's tie-break) is the 
 so results are those of the one-after-another search (``tests/test_lite_parallel.py``). A search
 with one source, the case up to ~130k rows, runs in its own thread as before.
 
+A busy pool never makes a search wait: what the pool has not started by the time the calling
+thread has done its own share, the calling thread takes back and does itself (``_fan_out``), so
+under load (every core taken by other requests) a search costs what it costs without the pool.
+
 Measured: bench/README.md, "Throughput and concurrency" (`bench/throughput.py --memtable-mb` makes
 several segments and times the pool against the one-after-another search).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -47,20 +52,35 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+def _fan_out(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Each call's result, in order: the first on this thread, the others handed to the pool; any
+    the pool has not started once this thread is done with the first, this thread takes back and
+    runs itself (the last first, those the pool is least likely to reach). An exception is
+    re-raised here, after every call the pool started has ended (the callers' state, masks and
+    snapshots, must outlive them)."""
+    pool = _executor()
+    futures: list[Future[Any]] = [pool.submit(call) for call in calls[1:]]
+    try:
+        results: dict[int, Any] = {0: calls[0]()}
+        for k in range(len(futures), 0, -1):
+            if futures[k - 1].cancel():  # not started: the pool is busy, do it here
+                results[k] = calls[k]()
+        return [results[k] if k in results else futures[k - 1].result() for k in range(len(calls))]
+    finally:
+        for future in futures:
+            future.cancel()
+        # Not the cancelled ones: they count as done only once a worker has dequeued them, which
+        # a busy pool may not do for a while.
+        wait([future for future in futures if not future.cancelled()])
+
+
 def _make_parallel_sources(original: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
     """Build the replacement for ``search.search_sources`` (same arguments and result)."""
 
     def search_sources(search: Callable[..., Any], sources: list[tuple[Any, ...]]) -> list[Any]:
         if len(sources) < 2:
             return original(search, sources)
-        pool = _executor()
-        futures: list[Future[Any]] = [pool.submit(search, *source) for source in sources[1:]]
-        try:
-            first = search(*sources[0])
-        finally:
-            # Every source's search has ended before the caller's state (masks, snapshot) goes.
-            wait(futures)
-        return [first, *(future.result() for future in futures)]  # a failure re-raised here
+        return _fan_out([functools.partial(search, *source) for source in sources])
 
     search_sources.__doc__ = original.__doc__
     search_sources.__wrapped__ = original  # type: ignore[attr-defined]
