@@ -99,7 +99,7 @@ class _JSONRequest(Request):
         if not hasattr(self, "_json"):
             body = await self.body()
             try:
-                self._json = pydantic_core.from_json(body)
+                self._json = pydantic_core.from_json(body, allow_inf_nan=True)
             except ValueError:
                 self._json = json.loads(body)
         return self._json

@@ -105,6 +105,7 @@ def authenticator(organisations: Organisations) -> Callable[..., Client]:
         if codops.lower() not in owners:
             raise HTTPException(403, f"the bearer token does not give access to organisation {codops!r}")
         code = validate_codops(codops)
-        return organisations.opened(code) or await run_in_threadpool(organisations.client, code)
+        client = organisations.opened(code)
+        return client if client is not None else await run_in_threadpool(organisations.client, code)
 
     return organisation
