@@ -142,6 +142,79 @@ def test_best_score(data):
     check(alone, o.hits(o.rank(s_alone), s_alone, 5))
 
 
+def _best_score_union(V, positives, negatives, examples, fetch, similarity, exclude=()):
+    """best_score by its definition: the union of each example's ``fetch`` nearest neighbours
+    (positives' first, each id once), scored and ranked (a stable sort: the union's order on ties)."""
+    union: list[int] = []
+    for e in examples:
+        near = [k for k in np.argsort(-similarity(V, e[None, :])[:, 0], kind="stable") if k not in exclude][:fetch]
+        union += [k for k in near if k not in union]
+    sims = similarity(V[union], np.concatenate([positives, negatives]))
+    p, n = sims[:, : len(positives)].max(1), sims[:, len(positives):].max(1)
+    scores = np.where(p > n, 1 / (1 + np.exp(-p)), -1 / (1 + np.exp(-n)))
+    return [(union[k], float(scores[k])) for k in np.argsort(-scores, kind="stable")]
+
+
+def _counting_queries(col, monkeypatch) -> list[int]:
+    """The number of query vectors in each of ``col``'s engine searches from now on."""
+    counts: list[int] = []
+    search_hits = col.engine.search_hits
+
+    def counted(*args, **kwargs):
+        counts.append(len(kwargs["data"]))
+        return search_hits(*args, **kwargs)
+
+    monkeypatch.setattr(col.engine, "search_hits", counted)
+    return counts
+
+
+@pytest.mark.parametrize("metric", ["IP", "COSINE", "L2"])
+def test_best_score_union_of_neighbours(client, metric, monkeypatch):
+    """Candidates smaller than the collection: the union of each example's neighbours, rank for
+    rank, whether the positives' neighbours settle the page (the negatives' search skipped) or not."""
+    name = f"bs_{metric}_{id(client) % 10_000}"
+    client.drop_collection(name)
+    col = client.create_collection(name, [], {"vec": {"index_type": "FLAT", "metric_type": metric}}, dim=DIM)
+    rng = np.random.default_rng(11)
+    V = rng.normal(size=(N, DIM)) * rng.uniform(0.5, 2.0, size=(N, 1))  # norms differ: L2 and IP see them
+    col.index([{"id": f"d{i:03d}", "vec": V[i].tolist()} for i in range(N)], normalize=False)
+    col.engine.wait_for_index(name)
+    V = V.astype(np.float32).astype(np.float64)
+
+    def similarity(a, b):
+        if metric == "L2":
+            return -((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        if metric == "COSINE":
+            a = a / np.linalg.norm(a, axis=1, keepdims=True)
+            b = b / np.linalg.norm(b, axis=1, keepdims=True)
+        return a @ b.T
+
+    def unit(v):  # how the engine is asked: IP and COSINE search with the unit vector
+        return v if metric == "L2" else v / np.linalg.norm(v)
+
+    counts = _counting_queries(col, monkeypatch)
+    two = np.stack([3.0 * V[1], 0.5 * V[2]])  # given as vectors, their norms kept (IP scores them)
+    cases = [  # (positives, offset, limit, candidates, query vectors per engine search)
+        # the negative is far from most of the 40 neighbours: the positives' settle the page
+        (two, 0, 10, 20, [2]),
+        # one positive and a page as deep as its neighbours: the last sits on the threshold
+        # (nothing outside can be shown to rank below it), so the negative's are searched too
+        (V[1:2], 10, 10, 20, [1, 1]),
+    ]
+    sign = -1.0 if metric == "L2" else 1.0
+    try:
+        for positives, offset, limit, candidates, searched in cases:
+            counts.clear()
+            got = col.similar(vectors=positives.tolist(), negative_ids=["d007"], strategy="best_score",
+                              candidates=candidates, offset=offset, limit=limit, explain=True)
+            examples = [unit(v) for v in positives] + [unit(V[7])]
+            expected = _best_score_union(V, positives, V[[7]], examples, candidates, similarity)
+            check(got, [(f"d{k:03d}", sign * score) for k, score in expected[offset:offset + limit]])
+            assert counts == searched
+    finally:
+        client.drop_collection(name)
+
+
 @pytest.mark.parametrize("function", ["exp", "gauss", "linear"])
 def test_recency_decay(data, function):
     col, o = data

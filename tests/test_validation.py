@@ -337,16 +337,22 @@ def test_chunks_count_vector_bytes():
     assert all(sum(row.size for row in rows[:n]) <= CHUNK_BYTES for n in sizes)
 
 
-@pytest.mark.parametrize("ids, culprit", [
-    (["", "b"], "exclude_ids[5000]: 'id' is empty"),
-    (["x" * 513], "exclude_ids[5000]: 'id' is 513 characters long"),
-    ([7, ""], "exclude_ids[5000]: 'id' must be a string, not int"),
+@pytest.mark.parametrize("before", [5, 5000])  # either side of the numpy check (_MANY_IDS)
+@pytest.mark.parametrize("ids, at, culprit", [
+    (["", "b"], 0, "'id' is empty"),
+    (["b", ""], 1, "'id' is empty"),  # the last
+    (["x" * 513], 0, "'id' is 513 characters long"),
+    (["é" * 513, "ü"], 0, "'id' is 513 characters long"),  # not ASCII: four bytes a character
+    (["\U0001f600" * 513], 0, "'id' is 513 characters long"),
+    ([7, ""], 0, "'id' must be a string, not int"),
+    ([b"bytes"], 0, "'id' must be a string, not bytes"),
+    (["a\0b", ""], 1, "'id' is empty"),  # a NUL inside an id: the loop reads it
 ])
-def test_check_ids_names_the_first_bad_id(ids, culprit):
+def test_check_ids_names_the_first_bad_id(before, ids, at, culprit):
     from lookalike.documents import check_ids
 
-    with pytest.raises(InvalidInputError, match=re.escape(culprit)):
-        check_ids(["ok"] * 5000 + ids, "exclude_ids")
+    with pytest.raises(InvalidInputError, match=re.escape(f"exclude_ids[{before + at}]: {culprit}")):
+        check_ids(["ok"] * before + ids, "exclude_ids")
 
 
 def test_check_ids_takes_long_lists_and_ids_up_to_the_limit():
@@ -356,3 +362,7 @@ def test_check_ids_takes_long_lists_and_ids_up_to_the_limit():
     ids = [f"i{k}" for k in range(10_000)] + ["x" * 255, "y" * 256, "z" * 512]
     assert check_ids(iter(ids), "exclude_ids") == ids
     assert check_ids(ids[:10_000]) == ids[:10_000]
+    # not ASCII, a NUL inside, one character: ids as good as any
+    odd = ["é" * 512, "\U0001f600", "a\0b", "x"]
+    assert check_ids(ids + odd) == ids + odd
+    assert check_ids(odd) == odd

@@ -152,16 +152,40 @@ def check_ids(ids: Any, parameter: str = "ids") -> list[str]:
         raise InvalidInputError(f"{parameter} must be a list of strings, not {type(ids).__name__} ({shown(ids)})")
     if not isinstance(ids, list):
         ids = list(ids)
-    # All good, checked at C speed (an exclusion list holds 10,000s of ids): str.join takes strings
-    # only, and bytes() lengths of 0 to 255, which leaves the empty id to one memchr. Else (a
-    # longer id, or a bad one) the loop checks each and names the first bad one.
-    try:
-        "".join(ids)
-        if 0 not in bytes(map(len, ids)):
-            return ids
-    except (TypeError, ValueError):
-        pass
+    if _all_good(ids):
+        return ids
+    # the loop checks each and names the first bad one
     return [check_id(value, f"{parameter}[{i}]") for i, value in enumerate(ids)]
+
+
+# From this many ids on, _all_good reads the lengths with numpy: ~14 µs to start, then half the
+# cost per id of bytes(map(len, ...)) (measured: 125 against 250 µs for 10,000 ids).
+_MANY_IDS = 1000
+
+
+def _all_good(ids: list[Any]) -> bool:
+    """Whether every id is a non-empty string of at most ID_MAX_LENGTH characters, checked at C
+    speed (an exclusion list holds 10,000s of ids); False leaves the naming to check_id.
+
+    str.join takes strings only. A few ids: bytes() takes lengths of 0 to 255, which leaves the
+    empty id to one memchr. Many: joined with NULs, the gaps between the NULs are their lengths
+    (one byte a character for ASCII, else four); an id holding a NUL goes to the loop."""
+    try:
+        if len(ids) < _MANY_IDS:
+            "".join(ids)
+            return 0 not in bytes(map(len, ids))
+        joined = "\0".join(ids)
+    except (TypeError, ValueError):
+        return False
+    if joined.isascii():
+        codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+    else:
+        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    nuls = np.flatnonzero(codes == 0)
+    if len(nuls) != len(ids) - 1:
+        return False
+    lengths = np.diff(nuls, prepend=-1, append=len(codes)) - 1
+    return bool(lengths.min() >= 1 and lengths.max() <= ID_MAX_LENGTH)
 
 
 def id_filter(ids: Sequence[str], negate: bool = False) -> str:

@@ -280,6 +280,8 @@ class _Plan:
 
     request: SimilarRequest
     queries: list[np.ndarray]  # average_vector: one; best_score: each example's vector
+    # best_score's negatives, searched only when the positives' neighbours cannot settle the page
+    deferred: list[np.ndarray]
     positives: np.ndarray  # best_score's examples (empty otherwise)
     negatives: np.ndarray
     labels: list[str]  # each query's name in `explain` (an id, or "vectors[i]" / "texts[i]")
@@ -343,7 +345,7 @@ class SimilarQuery:
         shared: dict[Any, list[int]] = {}
         for position, plan in enumerate(plans):
             if plan.key is None:
-                fetched[position] = [self.fetch_dense(plan, query) for query in plan.queries]
+                fetched[position] = self.fetch_queries(plan, plan.queries)
             else:
                 shared.setdefault(plan.key, []).append(position)
         for positions in shared.values():
@@ -471,9 +473,15 @@ class SimilarQuery:
         expr = combine_filters(filter_expr, id_filter(list(dict.fromkeys(excluded)), negate=True)
                                if excluded and short else None)
 
+        deferred: list[np.ndarray] = []
         if strategy == "best_score":
             queries = [self.unit(v) for v in (*matrix, *negatives)]
             labels = [*labels, *negative_ids]
+            if len(matrix) and len(negatives) and not (recency or r.group_by is not None or diversity is not None
+                                                       or keywords is not None):
+                # the candidates near a negative rank below the positives' neighbours that outscore
+                # their nearest negative (best_score_pool): searched only when those are too few
+                queries, deferred = queries[: len(matrix)], queries[len(matrix):]
         elif dense:
             queries = [recommend.query_vector(matrix, negatives, weights, self.spec.metric)]
         else:  # keywords alone
@@ -488,7 +496,7 @@ class SimilarQuery:
         wide = bool(expr) or averaged
         params = search_params_for(self.spec, r.search_params, fetch, wide=wide)
         return _Plan(
-            request=r, queries=queries,
+            request=r, queries=queries, deferred=deferred,
             positives=matrix if strategy == "best_score" else matrix[:0],
             negatives=negatives if strategy == "best_score" else negatives[:0],
             labels=labels, expr=expr, excluded=[] if short else excluded, fetch=fetch, wide=wide,
@@ -514,6 +522,12 @@ class SimilarQuery:
         return np.asarray([found[i][VECTOR_FIELD] for i in ids], dtype=np.float32)
 
     # -- fetching ----------------------------------------------------------------------------
+
+    def fetch_queries(self, plan: _Plan, queries: list[np.ndarray]) -> list[Hits]:
+        """Each of ``queries``' ``plan.fetch`` nearest neighbours, as ``plan`` asks for them."""
+        if plan.excluded or not queries:  # (keywords alone: none)
+            return [self.fetch_dense(plan, query) for query in queries]
+        return self.engine_hits(queries, plan.expr, plan.fetch, plan.wanted, plan.params, plan.request.filter_expr)
 
     def fetch_dense(self, plan: _Plan, query: np.ndarray) -> Hits:
         """``plan.fetch`` nearest neighbours of ``query``, none of them in the long exclusion list."""
@@ -611,18 +625,16 @@ class SimilarQuery:
 
         The candidates stay columns (ids, scores, fields, vectors) through the stages; only the
         page's hits become dicts, and only theirs get an ``explain``."""
-        r, metric = plan.request, self.spec.metric
+        r = plan.request
         # candidates: one query's hits, or for best_score the union of every example's
         cand = _union(per_query, plan.wanted)
         if not plan.rescored and plan.min_score is None:  # the engine's ranking as it is
             page = cand.take(slice(plan.offset, plan.offset + plan.limit))
             return [self.shape(plan, page.row(i), {"similarity": float(page.distances[i])}) for i in range(len(page))]
-        n = len(cand)
-        vectors = (np.asarray(cand.fields[VECTOR_FIELD], dtype=np.float32).reshape(n, self.spec.dim)
-                   if plan.needs_vectors else None)
+        vectors = self.vectors_of(cand) if plan.needs_vectors else None
         explained: Callable[[int], dict[str, Any]]
         if r.strategy == "best_score":
-            scores, parts = recommend.best_scores(vectors, plan.positives, plan.negatives, metric)
+            cand, vectors, scores, parts = self.best_score_pool(plan, per_query, cand, vectors)
             has_p, has_n = len(plan.positives) > 0, len(plan.negatives) > 0
 
             def explained(i: int) -> dict[str, Any]:
@@ -642,7 +654,7 @@ class SimilarQuery:
         sign = self.sign
         if keyword_hits is not None:  # fused scores (or BM25's alone): higher is better
             cand, scores, origins = self.fuse(plan, cand, scores, keyword_hits)
-            n, sign = len(cand), 1.0
+            sign = 1.0
 
             def explained(i: int) -> dict[str, Any]:
                 return dict(origins[i])
@@ -676,6 +688,46 @@ class SimilarQuery:
                 explain["score"] = float(sign * scores[i])
             out.append(self.shape(plan, {**cand.row(i), "distance": float(sign * scores[i])}, explain))
         return out
+
+    def vectors_of(self, cand: Hits) -> np.ndarray:
+        """The candidates' vectors, one row each."""
+        return np.asarray(cand.fields[VECTOR_FIELD], dtype=np.float32).reshape(len(cand), self.spec.dim)
+
+    def best_score_pool(
+        self, plan: _Plan, per_query: list[Hits], cand: Hits, vectors: np.ndarray,
+    ) -> tuple[Hits, np.ndarray, np.ndarray, recommend.BestScoreParts]:
+        """best_score's candidates, their vectors, scores and score parts: the union of every
+        example's neighbours, the negatives' searched only when they could change the page.
+
+        Why they rarely can: a candidate outside positive j's ``fetch`` neighbours is no more
+        similar to it than the last of them (c_j), so its score is at most sigmoid(max_j c_j). The
+        positives' neighbours with p > n and p ≥ max_j c_j score at least that, and come first in
+        the union (a stable sort keeps them ahead on ties): with ``offset + limit`` of them (past
+        ``min_score``) the page is the one the whole union gives. Exact on an exact index; on
+        HNSW as approximate as the union itself."""
+        scores, parts = recommend.best_scores(vectors, plan.positives, plan.negatives, self.spec.metric)
+        if not plan.deferred or self.page_is_settled(plan, per_query, scores, parts):
+            return cand, vectors, scores, parts
+        per_query = [*per_query, *self.fetch_queries(plan, plan.deferred)]
+        cand = _union(per_query, plan.wanted)
+        vectors = self.vectors_of(cand)
+        return cand, vectors, *recommend.best_scores(vectors, plan.positives, plan.negatives, self.spec.metric)
+
+    def page_is_settled(self, plan: _Plan, per_query: list[Hits], scores: np.ndarray,
+                        parts: recommend.BestScoreParts) -> bool:
+        """Whether the positives' neighbours alone give best_score's page (see best_score_pool)."""
+        threshold = -np.inf
+        for positive, hits in zip(plan.positives, per_query, strict=True):
+            if len(hits) < plan.fetch:  # every item the filter lets through is among them
+                return True
+            # the search ran with the unit vector; IP scores the example as given
+            scale = float(np.linalg.norm(positive)) if self.spec.metric == "IP" else 1.0
+            threshold = max(threshold, scale * float(np.min(self.sign * hits.distances)))
+        threshold += 1e-3 * max(1.0, abs(threshold))  # the engine's float32 against numpy's float64
+        settled = (parts.positive > parts.negative) & (parts.positive >= threshold)
+        if plan.min_score is not None:
+            settled &= scores >= self.sign * plan.min_score
+        return int(np.count_nonzero(settled)) >= plan.offset + plan.limit
 
     def fuse(self, plan: _Plan, cand: Hits, scores: np.ndarray,
              keyword_hits: Hits) -> tuple[Hits, np.ndarray, list[dict[str, Any]]]:
