@@ -12,6 +12,7 @@ it, in a process of its own) answers ``POST /similar`` with a vector from N clie
 
     python bench/throughput.py --size 100000 --threads 1,2,4 --in-flight 1,4,16
     python bench/throughput.py --size 100000 --workdir /tmp/tp100k   # keeps the built collection
+    python bench/throughput.py --size 100000 --chunks 7 --in-flight ""   # several segments: pooled vs one by one
 
 A table on the terminal and ``bench/results/throughput-<size>-<date>.json``.
 """
@@ -46,8 +47,10 @@ COLLECTION = "bench"
 EF = 64
 
 
-def open_lookalike(workdir: Path, ds: data.Dataset) -> tuple[Any, Any]:
-    """The benchmark collection in ``workdir`` (built, indexed and waited for on first use)."""
+def open_lookalike(workdir: Path, ds: data.Dataset, chunks: int = 1) -> tuple[Any, Any]:
+    """The benchmark collection in ``workdir`` (built, indexed and waited for on first use),
+    written in ``chunks`` flushed parts: each flush seals a segment (the engine's compaction may
+    merge some of them again)."""
     from pymilvus import DataType, FieldSchema
 
     import lookalike
@@ -64,11 +67,17 @@ def open_lookalike(workdir: Path, ds: data.Dataset) -> tuple[Any, Any]:
         indexes={"vec": {"metric_type": "IP", "index_type": "HNSW", **HNSW}, "language": None},
         dim=ds.vectors.shape[1],
     )
-    docs = ({"id": i, "vec": v, "language": str(lang)}
-            for i, v, lang in zip(ds.ids, ds.vectors, ds.languages, strict=True))
-    col.index(docs, progress=False)
+    for part in np.array_split(np.arange(len(ds.vectors)), chunks):
+        col.index(({"id": ds.ids[i], "vec": ds.vectors[i], "language": str(ds.languages[i])} for i in part),
+                  flush=True, progress=False)
     client.wait_for_index(COLLECTION)
     return client, col
+
+
+def segment_rows(col: Any) -> list[int]:
+    """The rows of each sealed segment of the collection (an engine internal: Milvus Lite's)."""
+    return col.engine._reading(COLLECTION, "count segments",  # noqa: SLF001
+                               lambda c: [int(s.num_rows) for s in c._read_snapshot()[0]])  # noqa: SLF001
 
 
 def open_faiss(workdir: Path, ds: data.Dataset) -> Any:
@@ -299,28 +308,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="HTTP requests per level")
     parser.add_argument("--workdir", type=Path, help="keep the collection and the FAISS graph here")
     parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--memtable-mb", type=int,
-                        help="the engine's memtable budget (MiB): smaller makes more segments, to compare "
-                             "searching them in parallel and one after another")
+    parser.add_argument("--chunks", type=int, default=1,
+                        help="write the collection in this many flushed parts, for several segments: to compare "
+                             "searching them in parallel and one after another (a kept --workdir is reused as built)")
     args = parser.parse_args()
-    if args.memtable_mb:  # read by the engine at import
-        os.environ["MILVUS_LITE_MEMTABLE_MEMORY_LIMIT_BYTES"] = str(args.memtable_mb * 2**20)
 
     ds = data.load(args.size)
     with tempfile.TemporaryDirectory(prefix="lookalike-throughput-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        client, col = open_lookalike(workdir, ds)
+        client, col = open_lookalike(workdir, ds, args.chunks)
         index = open_faiss(workdir, ds)
         print(f"{args.size} x {ds.vectors.shape[1]} ready after {time.perf_counter() - t0:.0f} s "
               f"({os.cpu_count()} cores)", flush=True)
         levels = [int(x) for x in args.threads.split(",") if x]
-        segments = len(list(workdir.glob("milvus.db/databases/*/collections/*/partitions/*/data/*.parquet")))
+        segments = segment_rows(col)
+        print(f"segments: {len(segments)} ({', '.join(map(str, segments))} rows)", flush=True)
         result: dict[str, Any] = {"size": args.size, "ef": EF, "k": K, "hnsw": HNSW, "cores": os.cpu_count(),
-                                  "segments": segments, "memtable_mb": args.memtable_mb,
+                                  "segments": len(segments), "segment_rows": segments, "chunks": args.chunks,
                                   "in_process": in_process(col, index, ds, levels, args.seconds, args.rounds)}
-        if segments > 1:
+        if len(segments) > 1:
             result["segments_searched"] = parallel_vs_sequential(col, ds)
         client.close()
         http_levels = [int(x) for x in args.in_flight.split(",") if x]
