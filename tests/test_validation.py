@@ -344,6 +344,7 @@ def test_chunks_count_vector_bytes():
     (["x" * 513], 0, "'id' is 513 characters long"),
     (["é" * 513, "ü"], 0, "'id' is 513 characters long"),  # not ASCII: four bytes a character
     (["\U0001f600" * 513], 0, "'id' is 513 characters long"),
+    (["\ud800" * 513], 0, "'id' is 513 characters long"),  # a lone surrogate, as JSON's "\ud800" gives
     ([7, ""], 0, "'id' must be a string, not int"),
     ([b"bytes"], 0, "'id' must be a string, not bytes"),
     (["a\0b", ""], 1, "'id' is empty"),  # a NUL inside an id: the loop reads it
@@ -363,6 +364,6 @@ def test_check_ids_takes_long_lists_and_ids_up_to_the_limit():
     assert check_ids(iter(ids), "exclude_ids") == ids
     assert check_ids(ids[:10_000]) == ids[:10_000]
     # not ASCII, a NUL inside, one character: ids as good as any
-    odd = ["é" * 512, "\U0001f600", "a\0b", "x"]
+    odd = ["é" * 512, "\U0001f600", "a\0b", "x", "\ud800"]
     assert check_ids(ids + odd) == ids + odd
     assert check_ids(odd) == odd

@@ -180,7 +180,8 @@ def _all_good(ids: list[Any]) -> bool:
     if joined.isascii():
         codes = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
     else:
-        codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        # surrogatepass: a lone surrogate (JSON's "\ud800" decodes to one) is a character too
+        codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     nuls = np.flatnonzero(codes == 0)
     if len(nuls) != len(ids) - 1:
         return False

@@ -279,8 +279,9 @@ class _Plan:
     """A checked request, ready to fetch: what the engine is asked, and what is done after."""
 
     request: SimilarRequest
-    queries: list[np.ndarray]  # average_vector: one; best_score: each example's vector
-    # best_score's negatives, searched only when the positives' neighbours cannot settle the page
+    queries: list[np.ndarray]  # average_vector: one; best_score: each example's vector (see deferred)
+    # best_score's negatives when it has positives: searched only when the positives' neighbours
+    # cannot settle the page (SimilarQuery.best_score_pool)
     deferred: list[np.ndarray]
     positives: np.ndarray  # best_score's examples (empty otherwise)
     negatives: np.ndarray
