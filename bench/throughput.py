@@ -68,8 +68,9 @@ def open_lookalike(workdir: Path, ds: data.Dataset, chunks: int = 1) -> tuple[An
         indexes={"vec": {"metric_type": "IP", "index_type": "HNSW", **HNSW}, "language": None},
         dim=ds.vectors.shape[1],
     )
-    for part in np.array_split(np.arange(len(ds.vectors)), chunks):
-        col.index(({"id": ds.ids[i], "vec": ds.vectors[i], "language": str(ds.languages[i])} for i in part),
+    ids = ds.ids  # a property that builds the list
+    for part in np.array_split(np.arange(len(ids)), chunks):
+        col.index(({"id": ids[i], "vec": ds.vectors[i], "language": str(ds.languages[i])} for i in part),
                   flush=True, progress=False)
     client.wait_for_index(COLLECTION)
     return client, col
