@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -90,11 +89,15 @@ def test_the_collection_spans_several_segments_searched_by_the_pool(collection):
     assert len([s for s in segments if s.num_rows]) >= 3
     assert lite_search.search_sources.__wrapped__ is not None  # the parallel group is in place
     seen: list[str] = []
-    record = threading.current_thread
+    pool_started = threading.Event()
 
     def noting(search, *source):
-        seen.append(record().name)
-        time.sleep(0.02)  # slower than the pool takes to start: its sources are not taken back
+        name = threading.current_thread().name
+        seen.append(name)
+        if name.startswith("lookalike-search"):
+            pool_started.set()
+        else:  # the caller's share ends once the pool has one: nothing is taken back before
+            pool_started.wait(timeout=60)
         return search(*source)
 
     step = lite_search.search_sources
@@ -144,11 +147,14 @@ def test_a_busy_pool_never_makes_the_caller_wait():
         ran.append((k, threading.current_thread().name))
         return k * 10
 
+    # Should the caller wait for the pool after all, the pool is freed late, not never: the
+    # assertions below then fail on the threads' names instead of hanging.
+    late = threading.Timer(60, release.set)
+    late.start()
     try:
-        started = time.perf_counter()
         assert parallel._fan_out([functools.partial(call, k) for k in range(4)]) == [0, 10, 20, 30]
-        assert time.perf_counter() - started < 5  # did not wait for the blocked pool
     finally:
+        late.cancel()
         release.set()
         for blocker in blockers:
             blocker.result(timeout=10)

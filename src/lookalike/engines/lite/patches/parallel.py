@@ -16,7 +16,7 @@ A busy pool never makes a search wait: what the pool has not started by the time
 thread has done its own share, the calling thread takes back and does itself (``_fan_out``), so
 under load (every core taken by other requests) a search costs what it costs without the pool.
 
-Measured: bench/README.md, "Throughput and concurrency" (`bench/throughput.py --memtable-mb` makes
+Measured: bench/README.md, "Throughput and concurrency" (`bench/throughput.py --chunks N` makes
 several segments and times the pool against the one-after-another search).
 """
 
