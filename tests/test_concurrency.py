@@ -24,6 +24,7 @@ from lookalike.engines.lite.engine import ReadWriteLock
 
 DIM = 16
 IDS_PER_THREAD = 12
+MAX_THREADS = 16  # the most threads a test here starts
 FIELDS = [{"name": "owner", "type": "varchar", "max_length": 16}, {"name": "version", "type": "int64"}]
 INDEXES = {"vec": {"index_type": "HNSW", "metric_type": "IP", "M": 16, "efConstruction": 64}, "owner": None}
 # Every candidate of a thread's own few dozen rows is visited: "contains what it wrote" is exact.
@@ -63,7 +64,7 @@ class Worker:
         mine = f'owner == "{self.owner}"'
         while time.monotonic() < deadline:
             self.operations += 1
-            step = rng.choice(("index", "index", "upsert", "get", "similar", "delete", "count"))
+            step = rng.choice(("index", "index", "upsert", "get", "similar", "exclude", "delete", "count"))
             try:
                 if step in ("index", "upsert"):
                     chosen = rng.sample(self.ids, rng.randint(1, 4))
@@ -85,6 +86,18 @@ class Worker:
                                                              search_params=WIDE)]
                         if len(hits) != len(set(hits)) or set(hits) != set(live):
                             self.wrong.append(f"similar: {sorted(hits)} != live {live}")
+                elif step == "exclude":
+                    # every other thread's ids and all but two of this one's live ones: a long
+                    # list, and the query's neighbourhood excluded (Milvus Lite masks it)
+                    live = sorted(self.live())
+                    if len(live) > 2:
+                        kept = rng.sample(live, 2)
+                        excluded = [i for i in live if i not in kept] + [
+                            f"t{n}_{k}" for n in range(MAX_THREADS) if n != self.number for k in range(IDS_PER_THREAD)]
+                        hits = [h["id"] for h in col.similar(ids=[rng.choice(live)], exclude_ids=excluded, limit=2,
+                                                             search_params=WIDE)]
+                        if sorted(hits) != sorted(kept):
+                            self.wrong.append(f"similar excluding all but {kept}: {hits}")
                 elif step == "delete":
                     live = sorted(self.live())
                     if live:
@@ -124,6 +137,7 @@ def _check_store(col, workers: list[Worker], when: str) -> None:
 
 
 def _mixed_workload(make_client: Callable[[], Client], name: str, threads: int, seconds: float) -> None:
+    assert threads <= MAX_THREADS  # the "exclude" step lists every other thread's ids
     client = make_client()
     try:
         col = client.create_collection(name, FIELDS, INDEXES, dim=DIM)

@@ -204,6 +204,26 @@ def test_segment_masks_are_cached_per_segment_set(engine):
     assert stale == 60 + 20
 
 
+def test_skipped_pks_are_left_out_as_a_filter_leaves_rows_out(engine):
+    """lookalike's exclusion mask (``skip_pks``): live, superseded, deleted, memtable and never
+    written pks skipped, alone and with each filter, against the oracle."""
+    col, oracle = engine
+    queries = _unit(np.random.default_rng(7), 8)
+    skip = {*sorted(oracle.rows)[::3], "a70", "b40", "c5", "never-written"}
+    assert skip & {f"b{i}" for i in range(30)} and skip & {f"d{i}" for i in range(2, 40)}  # memtable rows too
+    segments, tombstones = col._read_snapshot()
+    for expr in FILTERS:
+        compiled = col._compile_filter(expr) if expr else None
+        hits = executor_indexed.execute_search_with_index(
+            query_vectors=queries, segments=segments, memtable=col._memtable, delta_index=tombstones, top_k=10,
+            metric_type=col.resolve_search_metric("vec", None), pk_field="id", vector_field="vec",
+            compiled_filter=compiled, indexed_filter_plan=col._indexed_filter_plan(compiled),
+            search_params={"ef": 600}, skip_pks=sorted(skip),  # ef above the row count: exact
+        )
+        for q, got in zip(queries, hits, strict=True):
+            assert [h["id"] for h in got] == [pk for pk in oracle.top(q, len(oracle.rows), expr) if pk not in skip][:10]
+
+
 def test_search_through_pymilvus_with_ids_only(tmp_path):
     pymilvus = pytest.importorskip("pymilvus")
     client = pymilvus.MilvusClient(str(tmp_path / "milvus.db"))

@@ -224,14 +224,27 @@ class Engine(ABC):
         output_fields: list[str],
         search_params: Mapping[str, Any],
         anns_field: str,
+        skip_ids: Sequence[str] = (),
     ) -> list[Hits]:
         """:meth:`search`'s hits as columns, per query (the same hits, ids, distances and values).
 
         The reranking stages read a pool of candidates (~100 where a plain search returns 10):
-        an engine that can hand out its hits as arrays (Milvus Lite) saves a dict per hit."""
+        an engine that can hand out its hits as arrays (Milvus Lite) saves a dict per hit.
+
+        Args:
+            skip_ids: ids whose rows an engine that :attr:`masks_ids` leaves out of the search, as
+                it leaves out rows that fail ``filter``; the others (this default) ignore them and
+                the caller drops them from the hits.
+        """
         hits = self.search(name, data=data, filter=filter, limit=limit, output_fields=output_fields,
                            search_params=search_params, anns_field=anns_field)
         return [Hits.of(per_query, output_fields) for per_query in hits]
+
+    @property
+    def masks_ids(self) -> bool:
+        """Whether :meth:`search_hits` leaves the rows of ``skip_ids`` out of the search (a long
+        exclusion list as a bitmap over the rows, instead of rounds of over-fetching)."""
+        return False
 
     @abstractmethod
     def check_full_text(self, what: str) -> None:

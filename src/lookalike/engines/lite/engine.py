@@ -396,6 +396,7 @@ class LiteEngine(Engine):
         output_fields: list[str],
         search_params: Mapping[str, Any],
         anns_field: str,
+        skip_ids: Sequence[str] = (),
     ) -> list[Hits]:
         # The engine's search turns each hit into dicts (its row, the projection, the distance
         # convention): ~5-10 µs a hit at 100k × 768, most of a search of 100 candidates. The
@@ -417,7 +418,7 @@ class LiteEngine(Engine):
                 query_vectors=queries, segments=segments, memtable=col._memtable, delta_index=tombstones,
                 top_k=limit, metric_type=metric, pk_field=col._pk_name, vector_field=anns_field,
                 compiled_filter=compiled, indexed_filter_plan=col._indexed_filter_plan(compiled),
-                search_params=search_params.get("params") or {}, positions=True,
+                search_params=search_params.get("params") or {}, positions=True, skip_pks=skip_ids,
             )
             if not isinstance(found, HitPositions):  # no hits, or the engine's own loop ran
                 return None
@@ -429,6 +430,11 @@ class LiteEngine(Engine):
                 return hits
         return super().search_hits(name, data=data, filter=filter, limit=limit, output_fields=output_fields,
                                    search_params=search_params, anns_field=anns_field)
+
+    @property
+    def masks_ids(self) -> bool:
+        # the patched executor masks them (patches/search.py); the engine's own search cannot
+        return patches.is_applied()
 
     def check_full_text(self, what: str) -> None:
         # Milvus Lite 3.2.2 has BM25 functions and sparse indexes (see create_collection).

@@ -12,7 +12,10 @@ segment with a 20% filter) and converts FAISS's output with a Python loop over e
 How. Sealed segments are immutable, so the cross-segment "newest version" mask is computed once
 per set of segments and cached; the memtable rows and the tombstones (usually few) are then
 applied key by key through each segment's ``pk_to_row``. Hits are materialised with only the
-columns the projection can use, and a filtered HNSW search gets its mask as a bitmap. Everything
+columns the projection can use, and a filtered HNSW search gets its mask as a bitmap; lookalike's
+long exclusion lists (``skip_pks``, an argument the engine does not have) are cleared from the
+same mask, so a search whose nearest rows are all excluded needs no rounds of over-fetching
+(retrieval.py). Everything
 else (filters, per-segment FAISS search, tie-breaking, padding, projection) is the engine's own
 logic, kept in the same order, so results are identical: ``tests/test_lite_speedups.py`` checks
 that against the unpatched engine and a numpy oracle.
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -169,6 +172,18 @@ def _live_masks(
     return seg_masks, mt_mask
 
 
+def _clear_rows_of(
+    pks: Collection[Any], segments: list[Any], seg_live: list[np.ndarray], mt_pks: list[Any], mt_live: np.ndarray,
+) -> None:
+    """Clear the rows of ``pks`` in this search's live masks (fresh arrays, not the cache's), in
+    the segments through their ``pk_to_row`` (~0.1-0.5 µs a pk) and in the memtable."""
+    for seg, mask in zip(segments, seg_live, strict=True):
+        mask[np.fromiter((row for row in map(seg.pk_to_row.get, pks) if row is not None), dtype=np.int64)] = False
+    if mt_pks:
+        skipped = pks if isinstance(pks, (set, frozenset)) else set(pks)
+        mt_live &= np.fromiter((pk not in skipped for pk in mt_pks), dtype=bool, count=len(mt_pks))
+
+
 # ── the search path ─────────────────────────────────────────────────────────
 
 # One source's top-k for every query: distances, source numbers, local row ids.
@@ -255,6 +270,7 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
         project_record_fn: Callable[[dict], dict] | None = None,
         search_params: dict[str, Any] | None = None,
         positions: bool = False,
+        skip_pks: Collection[Any] = (),
     ) -> list[list[dict]] | HitPositions:
         if query_vectors.ndim == 1:
             query_vectors = query_vectors.reshape(1, -1)
@@ -298,6 +314,9 @@ def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
                 seg_live[i] &= fmask.astype(bool)
             if mt_pks and mt_table is not None:
                 mt_live &= evaluate_mask(compiled_filter, mt_table).astype(bool)
+
+        if skip_pks:
+            _clear_rows_of(skip_pks, in_scope, seg_live, mt_pks, mt_live)
 
         # Per-source top-k, as (distance, source, local id) arrays; sources are the
         # segments in order, then the memtable.
