@@ -14,8 +14,8 @@ per set of segments and cached; the memtable rows and the tombstones (usually fe
 applied key by key through each segment's ``pk_to_row``. Hits are materialised with only the
 columns the projection can use, and a filtered HNSW search gets its mask as a bitmap; lookalike's
 long exclusion lists (``skip_pks``, an argument the engine does not have) are cleared from the
-same mask, so a search whose nearest rows are all excluded needs no rounds of over-fetching
-(retrieval.py). Everything
+same mask, so a search whose nearest rows are all excluded takes one more search, not rounds of
+over-fetching (retrieval.py). Everything
 else (filters, per-segment FAISS search, tie-breaking, padding, projection) is the engine's own
 logic, kept in the same order, so results are identical: ``tests/test_lite_speedups.py`` checks
 that against the unpatched engine and a numpy oracle.
