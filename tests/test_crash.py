@@ -100,7 +100,10 @@ def check(data_dir: Path, model: Model, in_flight: dict | None) -> dict[str, int
         for query in rows[:3]:
             hits = col.similar(vectors=[query["vec"]], limit=min(len(found), 500))
             assert len({h["id"] for h in hits}) == len(hits), "a search returned an id twice"
-            assert len(hits) == min(len(found), 500)
+            assert {h["id"] for h in hits} <= found.keys(), "a search returned a row that is not stored"
+            # count and get above are exact; an HNSW graph may leave a row unreached at any ef
+            # (FAISS, M=32, efConstruction=128: one graph in ~200 of 100-400 such rows, measured)
+            assert min(len(found), 500) - len(hits) <= 2, f"{len(hits)} hits of {len(found)} rows"
         if 2 + EXCLUDE_IN_EXPRESSION < len(found) <= 1000:
             # a long exclusion list of all but two rows: Milvus Lite masks it over the recovered
             # segments and memtable (an HNSW graph may leave a row unreached, as in the search above)
