@@ -180,7 +180,7 @@ def _clear_rows_of(
     for seg, mask in zip(segments, seg_live, strict=True):
         mask[np.fromiter((row for row in map(seg.pk_to_row.get, pks) if row is not None), dtype=np.int64)] = False
     if mt_pks:
-        skipped = pks if isinstance(pks, (set, frozenset)) else set(pks)
+        skipped = set(pks)
         mt_live &= np.fromiter((pk not in skipped for pk in mt_pks), dtype=bool, count=len(mt_pks))
 
 
