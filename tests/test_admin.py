@@ -11,8 +11,15 @@ from pymilvus import MilvusClient
 from server_fixture import ServerOrganisation
 
 from lookalike.config import Secret
+from lookalike.engines import open_engine
 from lookalike.engines.errors import translate_engine_error
-from lookalike.errors import AuthenticationError, EngineUnavailableError, InvalidInputError, PermissionDeniedError
+from lookalike.errors import (
+    AuthenticationError,
+    EngineUnavailableError,
+    InvalidInputError,
+    PermissionDeniedError,
+    StorageError,
+)
 from lookalike.ops import admin
 from lookalike.ops.milvus_server import MilvusServer
 
@@ -223,6 +230,18 @@ def test_errors_say_who_failed_where_without_the_secret(orgs: tuple[ServerOrgani
     assert isinstance(error, EngineUnavailableError) and nowhere[7:] in str(error)
     assert a.secret.reveal() not in str(error)
 
+
+
+@server
+def test_an_engine_error_quoting_the_secret_keeps_its_kind_without_it(orgs: tuple[ServerOrganisation, ...]) -> None:
+    a, _ = orgs
+    engine = open_engine(a.settings)
+    try:
+        error = engine._translate(RuntimeError(f"echoed {a.secret.reveal()} back"), "search 'x'")
+    finally:
+        engine.close()
+    assert isinstance(error, StorageError) and error.http_status == 503, repr(error)
+    assert a.secret.reveal() not in str(error) and "echoed ******** back" in str(error)
 
 @server
 def test_a_wrong_root_token_is_an_authentication_error(milvus_server: MilvusServer) -> None:

@@ -10,7 +10,8 @@ import pytest
 from conftest import SEED_FIELDS, SEED_INDEXES, make_docs
 from pymilvus import DataType, FieldSchema
 
-from lookalike import ConflictError, InvalidInputError, LookalikeError, NotFoundError
+from lookalike import ConflictError, InvalidInputError, LookalikeError, NotFoundError, StorageError
+from lookalike.documents import DocumentWriter
 
 
 def _ten_documents(client, name):
@@ -126,6 +127,25 @@ def test_streaming_failure_says_what_landed(fresh):
         fresh.index(stream(), progress=False)
     assert fresh.count() == 10 + 5000  # the first full chunk landed; the rest did not
 
+
+
+def test_an_engine_failure_keeps_its_kind_and_says_what_landed(col):
+    """A disk-full StorageError stays one (disk_full, HTTP 507) when the writer adds what landed,
+    and the engine's own error object, raised again by a failed collection, is left unchanged."""
+    disk_full = StorageError("the disk is full", disk_full=True)
+    chunks_written = []
+
+    def write(rows):
+        if chunks_written:
+            raise disk_full
+        chunks_written.append(len(rows))
+
+    writer = DocumentWriter(col.spec, write, existing=None, embed=None, normalize=True)
+    with pytest.raises(StorageError) as caught:
+        writer([doc(id=f"w{i}") for i in range(6000)], progress=False)
+    assert caught.value.disk_full and caught.value.http_status == 507, caught.value
+    assert str(caught.value) == "the disk is full (documents #0-#4999 of this call were stored; #5000 onwards were not)"
+    assert str(disk_full) == "the disk is full"
 
 BAD_SCHEMAS = [
     ({"vec": {"index_type": "BOGUS", "metric_type": "IP"}}, [], "unknown index_type 'BOGUS'"),

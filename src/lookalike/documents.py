@@ -7,6 +7,7 @@ duplicate ids within one call, NaN and inf without complaint. Each refusal names
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -398,7 +399,10 @@ class DocumentWriter:
         try:
             self.write([row.values for row in chunk])
         except LookalikeError as exc:
-            failure = type(exc)(f"{exc} ({self._landed()})")
+            # A copy keeps what the error carries (a StorageError's disk_full and HTTP status);
+            # the original may be a failed collection's own error, raised again by every call.
+            failure = copy.copy(exc)
+            failure.args = (f"{exc} ({self._landed()})",)
             failure.failed_ids = ids  # type: ignore[attr-defined]
             raise failure from None
         self.written += len(chunk)

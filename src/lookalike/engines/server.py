@@ -351,7 +351,7 @@ class ServerEngine(Engine):
         error = translate_engine_error(exc, uri=self.location, codops=self.settings.codops, action=action)
         secret = self.settings.password.reveal()
         if secret and secret in str(error):
-            error = type(error)(str(error).replace(secret, "********"))
+            error.args = (str(error).replace(secret, "********"),)  # a fresh error: its kind and fields stay
         return error
 
     def _read(self, action: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
