@@ -240,6 +240,37 @@ def test_mmr_diversity(data):
     assert [h["id"] for h in col.similar(ids=["d011"], diversity=0, limit=8)] == [h["id"] for h in plain]
 
 
+
+@pytest.mark.parametrize("metric", ["COSINE", "L2"])
+def test_mmr_diversity_by_the_metric(client, metric):
+    """MMR's sim is the metric's score between two vectors: the cosine, minus the squared
+    distance (norms differ, so neither is the inner product)."""
+    name = f"mmr_{metric}_{id(client) % 10_000}"
+    client.drop_collection(name)
+    col = client.create_collection(name, [], {"vec": {"index_type": "FLAT", "metric_type": metric}}, dim=DIM)
+    rng = np.random.default_rng(5)
+    V = rng.normal(size=(N, DIM)) * rng.uniform(0.5, 2.0, size=(N, 1))
+    col.index([{"id": f"d{i:03d}", "vec": V[i].tolist()} for i in range(N)], normalize=False)
+    col.engine.wait_for_index(name)
+    V = V.astype(np.float32).astype(np.float64)
+    if metric == "COSINE":
+        U = V / np.linalg.norm(V, axis=1, keepdims=True)
+        sim = U @ U.T
+    else:
+        sim = -((V[:, None, :] - V[None, :, :]) ** 2).sum(-1)
+    try:
+        for lam in (0.3, 0.8):
+            score = sim[:, 4]  # the query d004 itself, as ids=["d004"] searches it
+            left, chosen = list(np.argsort(-score, kind="stable")), []
+            while len(chosen) < 8:
+                value = [(1 - lam) * score[k] - lam * max((sim[k, c] for c in chosen), default=0.0) for k in left]
+                chosen.append(left.pop(int(np.argmax(value))))
+            got = col.similar(ids=["d004"], diversity=lam, candidates=EXACT, limit=8)
+            sign = -1.0 if metric == "L2" else 1.0  # an L2 hit's distance is minus its score
+            check(got, [(f"d{k:03d}", sign * score[k]) for k in chosen], tol=1e-3)
+    finally:
+        client.drop_collection(name)
+
 def test_min_score_and_offset(data):
     col, o = data
     s = o.V @ o.unit(o.vec(["d015"])[0])
@@ -299,6 +330,16 @@ def test_long_exclusion_list_leaves_them_out(data, monkeypatch):
     assert searches == [0, 150] if col.engine.masks_ids else (len(searches) > 2 and not any(searches))
 
 
+
+@pytest.mark.parametrize("length", [3, 150], ids=["in-the-expression", "dropped-after"])
+def test_an_exclusion_list_takes_any_string(data, length):
+    """A string no id can be ("" or 600 characters) leaves nothing out, as an unstored id does."""
+    col, o = data
+    s = o.V @ o.unit(o.vec(["d100"])[0])
+    near = [o.ids[k] for k in o.rank(s)[: length - 2]]
+    got = col.similar(ids=["d100"], exclude_ids=["", *near, "x" * 600], limit=10)
+    check(got, o.hits(o.rank(s, near), s, 10))
+
 def test_batch_equals_single(data, client):
     col, o = data
     requests = [
@@ -342,6 +383,9 @@ def test_batch_equals_single(data, client):
     ({"candidates": 5, "limit": 10}, "candidates"),
     ({"min_score": "high"}, "min_score"),
     ({"exclude_ids": "d001"}, "exclude_ids"),
+    ({"exclude_ids": ["d002", 7]}, "exclude_ids[1]: 'id' must be a string, not int"),
+    ({"exclude_ids": [f"d{k:03d}" for k in range(100)] + [None]}, "exclude_ids[100]: 'id' must be a string"),
+    ({"exclude_ids": [f"d{k:03d}" for k in range(100)] + [["d001"]]}, "exclude_ids[100]: 'id' must be a string"),
     ({"explain": "yes"}, "explain"),
 ])
 def test_bad_input_names_the_parameter(data, backend, parameters, named):

@@ -206,20 +206,26 @@ def mmr(
     pool = list(order)
     if not pool:
         return
-    vecs = np.asarray(vectors, dtype=np.float64)[pool]
+    # the pool's rows taken first, then widened: the candidates' vectors may be many more
+    vecs = np.asarray(vectors)[pool].astype(np.float64)
     if metric == "COSINE":  # normalised once here, not at every pick: the same similarities
-        vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-30)
-        metric = "IP"
+        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-30)
+    squares = np.einsum("ij,ij->i", vecs, vecs) if metric == "L2" else None
     rel = (1.0 - diversity) * np.asarray(scores, dtype=np.float64)[pool]
-    value = rel  # the first pick: no penalty yet
+    value = rel.copy()  # the first pick: no penalty yet
     penalty = np.full(len(pool), -np.inf)
-    left = np.ones(len(pool), dtype=bool)
+    picked = np.zeros(len(pool), dtype=bool)
     for _ in range(len(pool)):
         best = int(np.argmax(value))  # ties: the earlier (better scored) candidate
         yield pool[best], float(value[best])
-        left[best] = False
-        penalty = np.maximum(penalty, similarities(vecs, vecs[best : best + 1], metric)[:, 0])
-        value = np.where(left, rel - diversity * penalty, -np.inf)
+        picked[best] = True
+        # similarities(vecs, vecs[best]) of every candidate: one matrix-vector product a pick
+        sims = vecs @ vecs[best]
+        if squares is not None:
+            sims = 2.0 * sims - squares - squares[best]
+        np.maximum(penalty, sims, out=penalty)
+        np.subtract(rel, diversity * penalty, out=value)
+        value[picked] = -np.inf
 
 
 def page(

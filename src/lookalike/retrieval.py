@@ -14,10 +14,10 @@ import numpy as np
 
 from . import fusion as fusing
 from . import recommend
-from .documents import MIN_COSINE_NORM, as_vector, check_ids, id_filter
+from .documents import MIN_COSINE_NORM, as_vector, check_exclusions, check_ids, id_filter
 from .engines.base import Hits
 from .errors import InvalidInputError, NotFoundError
-from .schema import DEFAULT_NLIST, ID_FIELD, SEARCH_PARAMS, VECTOR_FIELD, CollectionSpec, shown
+from .schema import DEFAULT_NLIST, ID_FIELD, ID_MAX_LENGTH, SEARCH_PARAMS, VECTOR_FIELD, CollectionSpec, shown
 
 if TYPE_CHECKING:
     from .collection import Collection
@@ -469,10 +469,11 @@ class SimilarQuery:
         elif isinstance(exclude, str) or not isinstance(exclude, Sequence):
             raise InvalidInputError(f"exclude_ids must be true, false or a list of ids, not {shown(exclude)}")
         else:
-            excluded = check_ids(exclude, "exclude_ids")
+            excluded = check_exclusions(exclude)
         short = len(excluded) <= EXCLUDE_IN_EXPRESSION
-        expr = combine_filters(filter_expr, id_filter(list(dict.fromkeys(excluded)), negate=True)
-                               if excluded and short else None)
+        # (a string no id can be leaves nothing out: it stays out of the engine's expression)
+        expressed = [i for i in dict.fromkeys(excluded) if 0 < len(i) <= ID_MAX_LENGTH] if short else []
+        expr = combine_filters(filter_expr, id_filter(expressed, negate=True) if expressed else None)
 
         deferred: list[np.ndarray] = []
         if strategy == "best_score":
