@@ -949,6 +949,10 @@ def _read_ids(path: Path) -> list[str]:
             raise _fail(f"{path} is not a valid JSON array of ids: {error}") from None
         if not isinstance(ids, list):
             raise _fail(f"{path}: expected a JSON array of ids")
+        for at, value in enumerate(ids):
+            if not isinstance(value, str):
+                shown_value = json.dumps(value)[:40]
+                raise _fail(f"{path}: item {at} is {type(value).__name__} {shown_value}, not an id (a string)")
         return ids
     return [line.strip() for line in text.splitlines() if line.strip()]
 
