@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from lookalike import Client
-from lookalike.engines.lite.engine import ReadWriteLock
+from lookalike.engines.lite import engine as lite_engine
+from lookalike.engines.lite.engine import ReadWriteLock, SearchSlots
 
 DIM = 16
 IDS_PER_THREAD = 12
@@ -294,3 +295,76 @@ def test_readers_never_see_a_flush_half_done(tmp_path):
         writer.join()
         assert all(n % batch == 0 for n in seen), sorted(set(seen))
         assert col.count() == 60 * batch
+
+
+# -- the search slots -----------------------------------------------------------------------
+
+
+def test_search_slots_admit_their_size_and_let_a_holder_in_again():
+    slots = SearchSlots(1)
+    entered = threading.Event()
+    with slots(), slots():  # a request inside a request: no wait for itself
+        other = _started(lambda: (slots().__enter__(), entered.set()))
+        time.sleep(0.2)
+        assert not entered.is_set()  # the one slot is held
+    other.join(5)
+    assert entered.is_set()  # released fully on leaving the outer request
+
+
+
+def test_search_slots_let_waiters_in_first_come_first_served():
+    slots = SearchSlots(1)
+    order: list[int] = []
+
+    def request(n: int) -> None:
+        with slots():
+            order.append(n)
+
+    with slots():
+        waiters = []
+        for n in range(5):
+            waiters.append(_started(lambda n=n: request(n)))
+            time.sleep(0.05)  # each is waiting before the next comes
+    for waiter in waiters:
+        waiter.join(5)
+    assert order == [0, 1, 2, 3, 4]
+    with slots():  # every slot given back
+        pass
+
+def test_eight_threads_searching_run_two_requests_at_a_time(tmp_path, monkeypatch):
+    """With two slots, at most two similarity requests are inside the engine at once, every one
+    answered as it is alone; a batch made inside a request does not wait for a slot."""
+    monkeypatch.setattr(lite_engine, "SEARCH_SLOTS", SearchSlots(2))
+    with Client(codops="concur", data_dir=tmp_path) as client:
+        col = client.create_collection("slots", FIELDS, INDEXES, dim=DIM)
+        rng = np.random.default_rng(2)
+        col.index([{"id": f"s{k}", "vec": rng.standard_normal(DIM).tolist(), "owner": "s", "version": k}
+                   for k in range(200)])
+        alone = {k: [h["id"] for h in col.similar(ids=[f"s{k}"], limit=5)] for k in range(16)}
+        inside, most = [0], [0]
+        counter = threading.Lock()
+        search_hits = col.engine.search_hits
+
+        def counted(*args, **kwargs):
+            with counter:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            try:
+                time.sleep(0.005)  # long enough for the other threads to pile up at the door
+                return search_hits(*args, **kwargs)
+            finally:
+                with counter:
+                    inside[0] -= 1
+
+        monkeypatch.setattr(col.engine, "search_hits", counted)
+        answers: dict[int, list[list[str]]] = {k: [] for k in range(16)}
+
+        def work(n: int) -> None:
+            for k in range(n, 16, 8):
+                answers[k].append([h["id"] for h in col.similar(ids=[f"s{k}"], limit=5)])
+                with lite_engine.SEARCH_SLOTS():  # a holder's own request goes in
+                    answers[k].append([h["id"] for h in col.similar_batch([{"ids": [f"s{k}"], "limit": 5}])[0]])
+
+        _run_threads(list(range(8)), work)
+        assert most[0] == 2
+        assert answers == {k: [alone[k]] * 2 for k in range(16)}

@@ -341,6 +341,10 @@ class SimilarQuery:
     def batch(self, requests: Sequence[SimilarRequest]) -> list[list[dict[str, Any]]]:
         """The hits of each request, in order; requests whose engine calls differ only in their
         query vectors share one call (nq > 1)."""
+        with self.collection.engine.search_slot():
+            return self._batch(requests)
+
+    def _batch(self, requests: Sequence[SimilarRequest]) -> list[list[dict[str, Any]]]:
         plans = [self.plan(request) for request in requests]
         fetched: list[list[Hits] | None] = [None] * len(plans)
         shared: dict[Any, list[int]] = {}

@@ -16,6 +16,7 @@ needs), and called from retrieval or the collection.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -239,6 +240,13 @@ class Engine(ABC):
         hits = self.search(name, data=data, filter=filter, limit=limit, output_fields=output_fields,
                            search_params=search_params, anns_field=anns_field)
         return [Hits.of(per_query, output_fields) for per_query in hits]
+
+    def search_slot(self) -> contextlib.AbstractContextManager[None]:
+        """Held by a similarity request from its checks to its last hit. An engine that searches
+        on this process's cores (the embedded one) admits a request per core at a time, so that
+        threads beyond the cores wait instead of trading the GIL; this default, for an engine
+        whose searches run elsewhere, admits every request at once."""
+        return contextlib.nullcontext()
 
     @property
     def masks_ids(self) -> bool:
