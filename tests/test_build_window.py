@@ -24,6 +24,7 @@ from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 
 from lookalike.engines.lite import patches  # noqa: E402
 from lookalike.engines.lite.patches import build_window  # noqa: E402
+from lookalike.engines.lite.patches import search as search_patch  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not patches.apply(), reason=f"tests of the engine patches, not applied: {patches.describe()['detail']}"
@@ -286,6 +287,9 @@ def test_a_compaction_keeps_the_old_graphs_serving_until_the_new_one_is_built(tm
                 return wrapper
 
             with monkeypatch.context() as m:
+                # graphs even where the rows a filter keeps are fewer than ef (searched
+                # exactly otherwise: test_lite_speedups): this test is about which graph serves
+                m.setattr(search_patch, "EXACT_SCAN_MAX_ROWS", 0)
                 m.setattr(FaissHnswIndex, "search", counted("graph", graph_search))
                 m.setattr(BruteForceIndex, "search", counted("scan", scan))
                 queries = rng.standard_normal((5, DIM)).astype(np.float32)

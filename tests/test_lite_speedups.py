@@ -16,6 +16,7 @@ from conftest import lite_schema
 milvus_lite = pytest.importorskip("milvus_lite")
 from milvus_lite import CollectionSchema, DataType, FieldSchema, MilvusLite  # noqa: E402
 from milvus_lite.engine import collection as engine_collection  # noqa: E402
+from milvus_lite.index.brute_force import BruteForceIndex  # noqa: E402
 from milvus_lite.index.faiss_hnsw import FaissHnswIndex  # noqa: E402
 from milvus_lite.search import executor_indexed  # noqa: E402
 
@@ -223,6 +224,33 @@ def test_skipped_pks_are_left_out_as_a_filter_leaves_rows_out(engine):
         for q, got in zip(queries, hits, strict=True):
             assert [h["id"] for h in got] == [pk for pk in oracle.top(q, len(oracle.rows), expr) if pk not in skip][:10]
 
+
+
+def test_rows_a_filter_keeps_up_to_ef_are_scanned_exactly(engine, monkeypatch):
+    """A segment whose rows that pass the filter are no more than ef is scanned, not walked as a
+    graph (which can miss a row it cannot reach); more rows than ef: the graph. Same answers as
+    the oracle either way here."""
+    col, oracle = engine
+    kinds: list[str] = []
+    graph_search, scan = FaissHnswIndex.search, BruteForceIndex.search
+
+    def counted(kind, search):
+        def wrapper(self, *args, **kwargs):
+            kinds.append(kind)
+            return search(self, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(FaissHnswIndex, "search", counted("graph", graph_search))
+    monkeypatch.setattr(BruteForceIndex, "search", counted("scan", scan))
+    queries = _unit(np.random.default_rng(9), 3)
+    expr = 'language in ["de", "it"] and n >= 100'  # 17 to 64 rows of each segment (the counts say)
+    segments = sum(1 for seg in col._segment_cache.values() if seg.num_rows)
+    for ef, graphs in ((64, 0), (16, segments)):
+        kinds.clear()
+        for q, got in zip(queries, _search(col, queries, expr, ef=ef), strict=True):
+            if ef == 64:
+                assert [h["id"] for h in got] == oracle.top(q, 10, expr)
+        assert kinds.count("graph") == graphs, (ef, kinds)
 
 def test_search_through_pymilvus_with_ids_only(tmp_path):
     pymilvus = pytest.importorskip("pymilvus")
