@@ -267,7 +267,9 @@ def _scans_exactly(kept: int, search_params: dict[str, Any] | None) -> bool:
 
 
 def _make_fast_search(original: Callable[..., Any]) -> Callable[..., Any]:
-    """Build the replacement for ``execute_search_with_index`` (same signature and results)."""
+    """Build the replacement for ``execute_search_with_index`` (same signature and results, but
+    for a source scanned exactly where the engine walks its graph: see ``_scans_exactly``, where
+    a row the graph cannot reach comes back)."""
     from milvus_lite.index.brute_force import BruteForceIndex
 
     def execute_search_with_index(
