@@ -231,7 +231,6 @@ def test_errors_say_who_failed_where_without_the_secret(orgs: tuple[ServerOrgani
     assert a.secret.reveal() not in str(error)
 
 
-
 @server
 def test_an_engine_error_quoting_the_secret_keeps_its_kind_without_it(orgs: tuple[ServerOrganisation, ...]) -> None:
     a, _ = orgs
@@ -242,6 +241,7 @@ def test_an_engine_error_quoting_the_secret_keeps_its_kind_without_it(orgs: tupl
         engine.close()
     assert isinstance(error, StorageError) and error.http_status == 503, repr(error)
     assert a.secret.reveal() not in str(error) and "echoed ******** back" in str(error)
+
 
 @server
 def test_a_wrong_root_token_is_an_authentication_error(milvus_server: MilvusServer) -> None:

@@ -341,7 +341,6 @@ def test_exclusion_lists_groups_offset_and_explain_give_their_results(run, tmp_p
     assert "explain" in table.splitlines()[1]
 
 
-
 def test_an_ids_file_of_non_strings_names_the_item(run, tmp_path):
     _recs(run, tmp_path, "rec_ids_file")
     ids_file = tmp_path / "seen.json"
@@ -349,6 +348,7 @@ def test_an_ids_file_of_non_strings_names_the_item(run, tmp_path):
     result = run("similar", "rec_ids_file", "--id", "d1", "--exclude-ids-file", str(ids_file))
     assert result.exit_code == 1, result.stdout
     assert result.stderr == f'Error: {ids_file}: item 1 is list ["d3"], not an id (a string)\n'
+
 
 def test_similar_batch_gives_what_each_single_call_gives(run, tmp_path):
     _recs(run, tmp_path, "rec_batch")

@@ -311,7 +311,6 @@ def test_search_slots_admit_their_size_and_let_a_holder_in_again():
     assert entered.is_set()  # released fully on leaving the outer request
 
 
-
 def test_search_slots_let_waiters_in_first_come_first_served():
     slots = SearchSlots(1)
     order: list[int] = []
@@ -330,6 +329,7 @@ def test_search_slots_let_waiters_in_first_come_first_served():
     assert order == [0, 1, 2, 3, 4]
     with slots():  # every slot given back
         pass
+
 
 def test_eight_threads_searching_run_two_requests_at_a_time(tmp_path, monkeypatch):
     """With two slots, at most two similarity requests are inside the engine at once, every one

@@ -225,7 +225,6 @@ def test_skipped_pks_are_left_out_as_a_filter_leaves_rows_out(engine):
             assert [h["id"] for h in got] == [pk for pk in oracle.top(q, len(oracle.rows), expr) if pk not in skip][:10]
 
 
-
 def test_rows_a_filter_keeps_up_to_ef_are_scanned_exactly(engine, monkeypatch):
     """A segment whose rows that pass the filter are no more than ef is scanned, not walked as a
     graph (which can miss a row it cannot reach); more rows than ef: the graph. Same answers as
@@ -251,6 +250,7 @@ def test_rows_a_filter_keeps_up_to_ef_are_scanned_exactly(engine, monkeypatch):
             if ef == 64:
                 assert [h["id"] for h in got] == oracle.top(q, 10, expr)
         assert kinds.count("graph") == graphs, (ef, kinds)
+
 
 def test_search_through_pymilvus_with_ids_only(tmp_path):
     pymilvus = pytest.importorskip("pymilvus")

@@ -240,7 +240,6 @@ def test_mmr_diversity(data):
     assert [h["id"] for h in col.similar(ids=["d011"], diversity=0, limit=8)] == [h["id"] for h in plain]
 
 
-
 @pytest.mark.parametrize("metric", ["COSINE", "L2"])
 def test_mmr_diversity_by_the_metric(client, metric):
     """MMR's sim is the metric's score between two vectors: the cosine, minus the squared
@@ -270,6 +269,7 @@ def test_mmr_diversity_by_the_metric(client, metric):
             check(got, [(f"d{k:03d}", sign * score[k]) for k in chosen], tol=1e-3)
     finally:
         client.drop_collection(name)
+
 
 def test_min_score_and_offset(data):
     col, o = data
@@ -330,7 +330,6 @@ def test_long_exclusion_list_leaves_them_out(data, monkeypatch):
     assert searches == [0, 150] if col.engine.masks_ids else (len(searches) > 2 and not any(searches))
 
 
-
 @pytest.mark.parametrize("length", [3, 150], ids=["in-the-expression", "dropped-after"])
 def test_an_exclusion_list_takes_any_string(data, length):
     """A string no id can be ("" or 600 characters) leaves nothing out, as an unstored id does."""
@@ -339,6 +338,7 @@ def test_an_exclusion_list_takes_any_string(data, length):
     near = [o.ids[k] for k in o.rank(s)[: length - 2]]
     got = col.similar(ids=["d100"], exclude_ids=["", *near, "x" * 600], limit=10)
     check(got, o.hits(o.rank(s, near), s, 10))
+
 
 def test_batch_equals_single(data, client):
     col, o = data

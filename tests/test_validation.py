@@ -128,7 +128,6 @@ def test_streaming_failure_says_what_landed(fresh):
     assert fresh.count() == 10 + 5000  # the first full chunk landed; the rest did not
 
 
-
 def test_an_engine_failure_keeps_its_kind_and_says_what_landed(col):
     """A disk-full StorageError stays one (disk_full, HTTP 507) when the writer adds what landed,
     and the engine's own error object, raised again by a failed collection, is left unchanged."""
@@ -146,6 +145,7 @@ def test_an_engine_failure_keeps_its_kind_and_says_what_landed(col):
     assert caught.value.disk_full and caught.value.http_status == 507, caught.value
     assert str(caught.value) == "the disk is full (documents #0-#4999 of this call were stored; #5000 onwards were not)"
     assert str(disk_full) == "the disk is full"
+
 
 BAD_SCHEMAS = [
     ({"vec": {"index_type": "BOGUS", "metric_type": "IP"}}, [], "unknown index_type 'BOGUS'"),

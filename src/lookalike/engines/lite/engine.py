@@ -86,7 +86,6 @@ class SearchSlots:
     waiting (a request made inside a request)."""
 
     def __init__(self, size: int) -> None:
-        self.size = size
         self._lock = threading.Lock()
         self._free = size
         self._waiting: collections.deque[threading.Lock] = collections.deque()
